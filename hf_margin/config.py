@@ -1,0 +1,91 @@
+"""`MarginTrainingArguments`: every margin knob as a `TrainingArguments` field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+SELECTION_CRITERIA = ("none", "uniform", "mms", "entropy", "loss")
+
+
+@dataclass
+class MarginTrainingArguments(TrainingArguments):
+    """
+    [`~transformers.TrainingArguments`] plus the knobs of margin-based training: MMS selective sampling
+    and MMR multi-margin regularization (Weinstein, Fine and Hel-Or, 2019-2020).
+
+    With the defaults (`selection="none"`, `mmr_alpha=0.0`) training is exactly stock `Trainer` training.
+    Every field parses from the command line with [`~transformers.HfArgumentParser`] and is saved with
+    checkpoints like any other training argument.
+    """
+
+    selection: str = field(
+        default="none",
+        metadata={
+            "help": "Which b samples of each oversampled pool to train on: 'none' (stock behaviour, no pool), "
+            "'uniform' (random b of the pool: the control with the same data volume), 'mms' (smallest minimal "
+            "margin score), 'entropy' (largest softmax entropy), 'loss' (largest per-sample loss: hard-negative "
+            "mining; needs labels).",
+            "choices": list(SELECTION_CRITERIA),
+        },
+    )
+    selection_oversample: float = field(
+        default=10.0,
+        metadata={
+            "help": "k: the scoring pool per device and step is round(k * per_device_train_batch_size) samples, "
+            "scored with one no-grad forward pass. k >= 1. One epoch scores every sample once, so it has k times "
+            "fewer optimizer steps than without selection."
+        },
+    )
+    selection_eval_mode: bool = field(
+        default=True,
+        metadata={
+            "help": "Score the pool with the model in eval mode (dropout off, BatchNorm running statistics used "
+            "and left untouched), then restore its mode. False scores in train mode."
+        },
+    )
+    mmr_alpha: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the multi-margin (MMR) penalty added to the loss; 0 turns MMR off."},
+    )
+    mmr_alpha_end: float | None = field(
+        default=None,
+        metadata={
+            "help": "If set, alpha ramps linearly from `mmr_alpha` at step 0 to `mmr_alpha_end` at the last "
+            "step (the papers use 1e-5 -> 1e-3). None keeps alpha constant."
+        },
+    )
+    classifier_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dotted module path of the last linear layer (e.g. 'classifier' or 'timm_model.fc'), for "
+            "models where it is not found automatically."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.selection not in SELECTION_CRITERIA:
+            raise ValueError(
+                f"selection={self.selection!r} is not a known criterion; choose one of {SELECTION_CRITERIA}."
+            )
+        if not self.selection_oversample >= 1.0:
+            raise ValueError(f"selection_oversample (k) must be >= 1, got {self.selection_oversample}.")
+        if not self.mmr_alpha >= 0.0:
+            raise ValueError(f"mmr_alpha must be >= 0, got {self.mmr_alpha}.")
+        if self.mmr_alpha_end is not None and not self.mmr_alpha_end >= 0.0:
+            raise ValueError(f"mmr_alpha_end must be >= 0 or None, got {self.mmr_alpha_end}.")
+
+    @property
+    def selection_enabled(self) -> bool:
+        return self.selection != "none"
+
+    @property
+    def mmr_enabled(self) -> bool:
+        return self.mmr_alpha > 0.0 or bool(self.mmr_alpha_end)
+
+    @property
+    def selection_pool_size(self) -> int:
+        """Samples scored per device and step: round(k * per_device_train_batch_size)."""
+        return max(round(self.selection_oversample * self.per_device_train_batch_size), 1)

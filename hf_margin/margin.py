@@ -1,0 +1,137 @@
+"""Pure tensor math of margin-based training: per-sample scores and the MMR penalty.
+
+Everything here takes plain tensors and returns plain tensors; nothing imports `transformers`.
+Notation: a batch of B samples, C classes, D features at the input of the last linear layer,
+`logits = features @ weight.T + bias`.
+
+References:
+    B. Weinstein, S. Fine, Y. Hel-Or. "Selective sampling for accelerating training of deep neural
+    networks" (2019, arXiv:1911.06996): the minimal margin score (MMS).
+    B. Weinstein, S. Fine, Y. Hel-Or. "Margin-Based Regularization and Selective Sampling in Deep
+    Neural Networks" (2020, arXiv:2009.06011): multi-margin regularization (MMR).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Smallest ||w_i1 - w_i2|| we divide by: identical weight rows give a huge finite score, never inf/nan.
+_MIN_ROW_DISTANCE = 1e-12
+
+
+def minimal_margin_scores(logits: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """
+    Minimal margin score (MMS) of each sample: its distance, in the feature space of the last linear
+    layer, to the decision boundary between its two highest-scoring classes.
+
+        d = (s_i1 - s_i2) / ||w_i1 - w_i2||
+
+    where `s_i1 >= s_i2` are the two largest logits of the row (bias included) and `w_i1`, `w_i2` the
+    matching rows of the last layer's weight. It is label-free, and small `d` means the prediction
+    flips with a small change of the features. Computed in float32 whatever the input dtype.
+
+    Args:
+        logits (`torch.Tensor` of shape `[B, C]`): scores of the last linear layer, `C >= 2`.
+        weight (`torch.Tensor` of shape `[C, D]`): that layer's weight.
+
+    Returns:
+        `torch.Tensor` of shape `[B]` (float32, >= 0). Where the two weight rows are identical the
+        boundary does not exist in feature space; the score is then `(s_i1 - s_i2) / 1e-12`: finite,
+        0 for an exact tie, huge otherwise, so such samples rank as far from any boundary.
+    """
+    _check_logits_weight(logits, weight)
+    top2 = logits.detach().float().topk(2, dim=1)
+    gap = top2.values[:, 0] - top2.values[:, 1]
+    weight = weight.detach().float()
+    row_distance = (weight[top2.indices[:, 0]] - weight[top2.indices[:, 1]]).norm(dim=1)
+    return gap / row_distance.clamp_min(_MIN_ROW_DISTANCE)
+
+
+def entropy_scores(logits: torch.Tensor) -> torch.Tensor:
+    """
+    Entropy of the softmax of each row, `H = -sum_c p_c log p_c`, in float32. The entropy selection
+    baseline keeps the largest.
+
+    Args:
+        logits (`torch.Tensor` of shape `[B, C]`).
+
+    Returns:
+        `torch.Tensor` of shape `[B]`.
+    """
+    log_p = F.log_softmax(logits.detach().float(), dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1)
+
+
+def per_sample_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """
+    Cross-entropy of each sample, in float32. Hard-negative mining keeps the largest.
+
+    Args:
+        logits (`torch.Tensor` of shape `[B, C]`).
+        labels (`torch.LongTensor` of shape `[B]`): class indices; -100 (ignored) scores 0.
+
+    Returns:
+        `torch.Tensor` of shape `[B]`.
+    """
+    return F.cross_entropy(logits.detach().float(), labels.long(), reduction="none", ignore_index=-100)
+
+
+def multi_margin_penalty(
+    features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """
+    Multi-margin regularization (MMR) penalty of a batch:
+
+        R = mean_i ||w_{y_i} - w_{m_i}||^2 * max_i ||phi_i||^2
+
+    with `y_i` the label of sample i, `m_i` the highest-scoring class other than `y_i`, and `phi_i`
+    the input of the last linear layer. Minimising `R` with the loss widens the margin
+    `(s_y - s_m) / ||w_y - w_m||` relative to the radius `max_i ||phi_i||` of the data (the SVM-style
+    radius-margin argument of the MMR paper). Gradients flow into `weight` and `features` (through
+    the largest-norm sample only); the choice of `m_i` is not differentiated.
+
+    Relation to the papers' sum form: the thesis writes the term as a sum over the samples of the
+    batch, `sum_i ||w_{y_i} - w_{m_i}||^2 * ||phi_max||^2`. We use the mean, so `alpha` does not change
+    meaning with the batch size (sum-form alpha = this alpha / B) and the penalty composes with
+    gradient accumulation like a mean loss. The authors' released code was not available to check
+    here; this function follows the formula as the papers state it.
+
+    Args:
+        features (`torch.Tensor` of shape `[B, D]`): input of the last linear layer.
+        logits (`torch.Tensor` of shape `[B, C]`): its output, `C >= 2`.
+        labels (`torch.LongTensor` of shape `[B]`): class indices; rows labelled -100 are ignored.
+        weight (`torch.Tensor` of shape `[C, D]`): the last layer's weight.
+
+    Returns:
+        A scalar `torch.Tensor` in float32 (0 when no row has a label).
+    """
+    _check_logits_weight(logits, weight)
+    if features.dim() != 2 or features.shape[0] != logits.shape[0] or features.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"features must be [B, D] = [{logits.shape[0]}, {weight.shape[1]}], got {list(features.shape)}."
+        )
+    if labels.shape != logits.shape[:1]:
+        raise ValueError(f"labels must be [B] = [{logits.shape[0]}], got {list(labels.shape)}.")
+    kept = labels != -100
+    if not bool(kept.any()):
+        return features.float().sum() * 0.0
+    features, logits, labels = features[kept].float(), logits[kept].detach(), labels[kept].long()
+    weight = weight.float()
+
+    wrong = logits.float().scatter(1, labels[:, None], float("-inf"))
+    runner_up = wrong.argmax(dim=1)
+    row_distance_sq = (weight[labels] - weight[runner_up]).pow(2).sum(dim=1)
+    radius_sq = features.pow(2).sum(dim=1).max()
+    return row_distance_sq.mean() * radius_sq
+
+
+def _check_logits_weight(logits: torch.Tensor, weight: torch.Tensor) -> None:
+    if logits.dim() != 2 or weight.dim() != 2:
+        raise ValueError(
+            f"logits must be [B, C] and weight [C, D]; got {list(logits.shape)} and {list(weight.shape)}."
+        )
+    if logits.shape[1] < 2:
+        raise ValueError(f"margins need at least 2 classes; logits have {logits.shape[1]}.")
+    if weight.shape[0] != logits.shape[1]:
+        raise ValueError(f"weight has {weight.shape[0]} rows but logits have {logits.shape[1]} classes.")

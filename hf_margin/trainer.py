@@ -1,0 +1,412 @@
+"""`MarginTrainer`: a `transformers.Trainer` with MMS selective sampling and MMR regularization.
+
+Thin glue: the math lives in `margin.py`, the choice of samples in `selection.py`, the head lookup in
+`heads.py`. This file turns Trainer state into their arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import IterableDataset
+from transformers import Trainer
+from transformers.utils import logging
+
+from .config import MarginTrainingArguments
+from .heads import FeatureCapture, find_classifier
+from .margin import minimal_margin_scores, multi_margin_penalty
+from .selection import KEEP_LARGEST, linear_ramp, pool_scores, select_by_score, select_uniform
+
+logger = logging.get_logger(__name__)
+
+_DEFAULTS = MarginTrainingArguments.__dataclass_fields__
+_LABEL_KEYS = ("labels", "label", "label_ids")
+
+
+class MarginTrainer(Trainer):
+    """
+    [`~transformers.Trainer`] with margin-based training, configured by [`MarginTrainingArguments`]:
+
+    - **MMS selective sampling** (`selection="mms"`, and the baselines `uniform`, `entropy`, `loss`):
+      the train dataloader yields pools of `round(k * batch)` samples; before each optimizer step the
+      pool is scored with one no-grad forward pass (eval mode by default, the training autocast) and
+      the `batch` samples to keep are the only ones that reach the training forward and backward.
+      One epoch scores every sample once, so it has `k` times fewer optimizer steps; `len()` of the
+      train dataloader is the number of steps, and `max_steps`, epochs and the LR schedule follow.
+    - **MMR regularization** (`mmr_alpha > 0`): `alpha * multi_margin_penalty(...)` is added to the
+      loss in `compute_loss`, with the features read by a forward pre-hook on the last linear layer.
+
+    With `selection="none"` and `mmr_alpha=0` it trains exactly like `Trainer`. One difference on
+    purpose, always on: the model is not passed `num_items_in_batch`, and the per-batch mean loss is
+    divided by the accumulation steps, so gradient accumulation matches the equivalent large batch
+    (models such as BERT accept loss kwargs but return a plain mean, which stock `Trainer` then fails
+    to divide). A `compute_loss_func` still receives `num_items_in_batch` as in `Trainer`.
+
+    Logged with the training loss (gathered over processes): `mms_train_mean` (mean MMS of the trained
+    samples at their training forward, whenever the head is found), `mms_pool_mean` and
+    `mms_selected_mean` (at scoring time), `scoring_time_share` (share of the wall time since the last
+    log spent choosing samples), `mmr_penalty`, `mmr_alpha`; on every log while training,
+    `train_seconds` (wall time of training so far, evaluation excluded).
+
+    Example:
+
+    ```python
+    from hf_margin import MarginTrainer, MarginTrainingArguments
+
+    args = MarginTrainingArguments("out", selection="mms", selection_oversample=4, mmr_alpha=1e-4)
+    trainer = MarginTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev)
+    trainer.train()
+    ```
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Exact gradient accumulation: a per-micro-batch mean, divided by the accumulation steps by
+        # `training_step`; a user's `compute_loss_func` keeps normalising by `num_items_in_batch`.
+        self.model_accepts_loss_kwargs = False
+        self.loss_is_scaled_for_ga = self.compute_loss_func is not None
+
+        self.selection = self._margin_arg("selection")
+        self.mmr_on = self._margin_arg("mmr_alpha") > 0 or bool(self._margin_arg("mmr_alpha_end"))
+        self._check_model()
+        self._head_name, self._head = self._find_head()
+        self._capture = FeatureCapture(self._head) if self.mmr_on else None
+        if self.train_dataset is not None:
+            self._check_train_dataset(self.train_dataset)
+
+        self._generator = torch.Generator().manual_seed(self.args.seed + self.args.process_index)
+        self._buffered: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._scoring_seconds = 0.0  # whole run
+        self._scoring_seconds_window = 0.0  # since the last training log
+        self._window_start: float | None = None
+        self._train_clock: _TrainClock | None = None
+
+    # ---- set-up checks: fail before training, naming the field ----
+
+    def _margin_arg(self, name: str) -> Any:
+        # A plain `TrainingArguments` is accepted and means every margin feature off.
+        return getattr(self.args, name, _DEFAULTS[name].default)
+
+    def _check_model(self) -> None:
+        if self.selection in ("none", "uniform") and not self.mmr_on:
+            return  # nothing here reads the classes
+        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+        field_name = "selection" if self.selection != "none" else "mmr_alpha"
+        num_labels = getattr(config, "num_labels", None)
+        problem_type = getattr(config, "problem_type", None)
+        if problem_type == "regression" or num_labels == 1:
+            raise ValueError(
+                f"{field_name}: margins need a classifier with at least 2 classes; this model is a regression "
+                f"head (num_labels={num_labels}, problem_type={problem_type!r})."
+            )
+        if problem_type == "multi_label_classification":
+            raise ValueError(f"{field_name}: margins need single-label classification, not multi-label.")
+        if num_labels is not None and num_labels < 2:
+            raise ValueError(f"{field_name}: margins need at least 2 classes, the model has num_labels={num_labels}.")
+
+    def _find_head(self) -> tuple[str | None, nn.Linear | None]:
+        model = self.accelerator.unwrap_model(self.model)
+        needed = self.selection == "mms" or self.mmr_on
+        try:
+            name, head = find_classifier(model, self._margin_arg("classifier_name"))
+        except ValueError:
+            if needed:
+                raise
+            return None, None  # only the mms_train_mean log needs it
+        if head.out_features < 2:
+            if needed:
+                raise ValueError(
+                    f"classifier_name: the last linear layer {name!r} has {head.out_features} output; "
+                    "margins need at least 2 classes."
+                )
+            return None, None
+        return name, head
+
+    def _check_train_dataset(self, dataset: Any) -> None:
+        if self.selection == "none" and not self.mmr_on:
+            return
+        if self.selection != "none":
+            if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+                raise ValueError(
+                    f"selection={self.selection!r} needs a map-style train_dataset with a length "
+                    "(an IterableDataset has no pools to draw from); use selection='none' or a map-style dataset."
+                )
+            pool, world = self.selection_pool_size, self.args.world_size
+            if pool * world > len(dataset):
+                raise ValueError(
+                    f"selection_oversample: the scoring pool of {pool} samples per process x {world} process(es) "
+                    f"is larger than the train dataset ({len(dataset)} samples); lower selection_oversample or "
+                    "per_device_train_batch_size."
+                )
+        if (self.selection == "loss" or self.mmr_on) and hasattr(dataset, "__getitem__") and _has_length(dataset):
+            first = dataset[0]
+            label_keys = set(_LABEL_KEYS) | set(self.label_names)
+            if isinstance(first, Mapping) and not label_keys & set(first):
+                field_name = "selection" if self.selection == "loss" else "mmr_alpha"
+                raise ValueError(
+                    f"{field_name}: {'hard-negative mining' if self.selection == 'loss' else 'MMR'} needs labels, "
+                    f"but the train dataset's samples have none of {sorted(label_keys)} (keys: {sorted(first)})."
+                )
+
+    # ---- selection: the dataloader yields pools, `get_batch_samples` keeps `batch` of each ----
+
+    @property
+    def selection_pool_size(self) -> int:
+        """Samples per process scored for one micro-batch: round(k * train batch size)."""
+        return max(round(self._margin_arg("selection_oversample") * self._train_batch_size), 1)
+
+    def get_train_dataloader(self):
+        """
+        Without selection, `Trainer`'s loader. With selection, the same loader (sampler, `seed_worker`,
+        `drop_last`, collator, `accelerator.prepare`) over pools of `selection_pool_size` samples: one
+        pool per micro-batch, so its `len()` is the number of micro-batches the Trainer will run.
+        """
+        if self.selection == "none":
+            return super().get_train_dataloader()
+        if self.train_dataset is None:
+            raise ValueError("Trainer: training requires a train_dataset.")
+        self._check_train_dataset(self.train_dataset)
+        return self._get_dataloader(
+            dataset=self.train_dataset,
+            description="Training",
+            batch_size=self.selection_pool_size,
+            sampler_fn=self._get_train_sampler,
+            is_training=True,
+        )
+
+    def get_batch_samples(
+        self, epoch_iterator: Iterator, num_batches: int, device: torch.device
+    ) -> tuple[list, torch.Tensor | int | None]:
+        """Draw `num_batches` pools and keep the selected samples of each (the Trainer's prefetch hook)."""
+        if self._train_clock is not None:
+            self._train_clock.start_once()
+        if self._window_start is None:
+            self._window_start = time.perf_counter()
+        if self.selection == "none":
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+        batch_samples = []
+        for _ in range(num_batches):
+            try:
+                pool = next(epoch_iterator)
+            except StopIteration:
+                break
+            batch_samples.append(self._select_from_pool(pool))
+        return batch_samples, self._get_num_items_in_batch(batch_samples, device)
+
+    def _select_from_pool(self, pool: dict[str, Any]) -> dict[str, Any]:
+        start = time.perf_counter()
+        pool = self._prepare_inputs(pool)
+        pool_size = _batch_length(pool)
+        keep = min(self._train_batch_size, pool_size)
+        if self.selection == "uniform":
+            indices = select_uniform(pool_size, keep, self._generator)
+        else:
+            labels = _find_labels(pool, self.label_names)
+            logits = self._score_pool(pool)
+            weight = self._head.weight if self._head is not None else None
+            scores = pool_scores(self.selection, logits, weight, labels)
+            indices = select_by_score(scores, keep, largest=KEEP_LARGEST[self.selection]).to(scores.device)
+            if weight is not None:
+                mms = scores if self.selection == "mms" else minimal_margin_scores(logits, weight)
+                self._buffered["mms_pool_mean"].append(mms.mean())
+                self._buffered["mms_selected_mean"].append(mms[indices].mean())
+        batch = _index_batch(pool, indices, pool_size)
+        elapsed = time.perf_counter() - start
+        self._scoring_seconds += elapsed
+        self._scoring_seconds_window += elapsed
+        return batch
+
+    @torch.inference_mode()
+    def _score_pool(self, pool: dict[str, Any]) -> torch.Tensor:
+        """Logits `[P, C]` of a pool from one forward without labels, in eval mode unless configured not to."""
+        model = self.model
+        inputs = {k: v for k, v in pool.items() if k not in self.label_names and k not in _LABEL_KEYS}
+        was_training = model.training
+        model.train(not self._margin_arg("selection_eval_mode"))
+        try:
+            with self.compute_loss_context_manager(), self.accelerator.autocast():
+                outputs = model(**inputs)
+        finally:
+            model.train(was_training)
+        logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
+        if logits.dim() != 2 or logits.shape[1] < 2:
+            raise ValueError(
+                f"selection={self.selection!r} needs classification logits [batch, classes >= 2]; "
+                f"the model returned {list(logits.shape)}."
+            )
+        return logits.clone()  # a normal tensor, usable outside inference mode
+
+    # ---- loss: MMR penalty and the MMS trace ----
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        if self._head is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = _find_labels(inputs, self.label_names)  # before `Trainer.compute_loss` pops them
+        if self._capture is None:
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        else:
+            with self._capture.capture():
+                loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[1]
+        weight = self._head.weight
+        with torch.no_grad():
+            self._buffered["mms_train_mean"].append(minimal_margin_scores(logits, weight).mean())
+
+        if self._capture is not None:
+            if labels is None:
+                raise ValueError("mmr_alpha: MMR needs labels, and this training batch has none.")
+            alpha = self.current_mmr_alpha
+            penalty = multi_margin_penalty(self._capture.pop(), logits, labels, weight)
+            term = alpha * penalty
+            if self.loss_is_scaled_for_ga and num_items_in_batch is not None:
+                # the loss was normalised over the whole accumulated batch: weigh this micro-batch alike
+                term = term * (labels != -100).sum() / num_items_in_batch
+            loss = loss + term.to(loss.dtype)
+            self._buffered["mmr_penalty"].append(penalty.detach())
+            self._buffered["mmr_alpha"].append(torch.tensor(alpha, device=penalty.device))
+        return (loss, outputs) if return_outputs else loss
+
+    @property
+    def current_mmr_alpha(self) -> float:
+        """MMR weight at the current step: constant, or ramped linearly to `mmr_alpha_end`."""
+        return linear_ramp(
+            self._margin_arg("mmr_alpha"),
+            self._margin_arg("mmr_alpha_end"),
+            self.state.global_step,
+            self.state.max_steps,
+        )
+
+    # ---- logging, timing, checkpoints ----
+
+    def train(self, *args, **kwargs):
+        self._train_clock = _TrainClock()
+        self._window_start = None
+        self._scoring_seconds_window = 0.0
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self._train_clock = None
+
+    def evaluate(self, *args, **kwargs):
+        if self._train_clock is None:
+            return super().evaluate(*args, **kwargs)
+        with self._train_clock.paused():
+            return super().evaluate(*args, **kwargs)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._train_clock is not None:
+            logs["train_seconds"] = round(self._train_clock.seconds(self.state.log_history), 3)
+        if "loss" in logs:  # a training log: flush what the steps since the last one buffered
+            for key, values in self._buffered.items():
+                if values:
+                    # `gather`, not `gather_for_metrics`: the latter trims by the train loader's remainder
+                    logs[key] = self.accelerator.gather(torch.stack(values).float()).mean().item()
+            self._buffered.clear()
+            if self.selection != "none" and self._window_start is not None:
+                window = time.perf_counter() - self._window_start
+                logs["scoring_time_share"] = round(self._scoring_seconds_window / max(window, 1e-9), 4)
+            self._window_start, self._scoring_seconds_window = time.perf_counter(), 0.0
+        if "train_runtime" in logs and self.selection != "none":
+            logs["selection_seconds"] = round(self._scoring_seconds, 3)
+            logs["selection_time_share"] = round(self._scoring_seconds / max(logs["train_runtime"], 1e-9), 4)
+        super().log(logs, start_time)
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        # Every process saves its own RNG state here, so this is where selection state goes too.
+        super()._save_rng_state(output_dir)
+        state = {"generator": self._generator.get_state(), "scoring_seconds": self._scoring_seconds}
+        torch.save(state, os.path.join(output_dir, f"margin_state_{self.args.process_index}.pt"))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        # Called once on every resume path before the first batch is drawn (RNG states load later).
+        super()._load_optimizer_and_scheduler(checkpoint)
+        path = None if checkpoint is None else os.path.join(checkpoint, f"margin_state_{self.args.process_index}.pt")
+        if path is None or not os.path.isfile(path):
+            if path is not None and self.selection == "uniform":
+                logger.warning(f"No selection state in {checkpoint}: uniform selection restarts its generator.")
+            return
+        state = torch.load(path, weights_only=True)
+        self._generator.set_state(state["generator"])
+        self._scoring_seconds = float(state["scoring_seconds"])
+
+
+class _TrainClock:
+    """
+    Wall seconds of training from the first batch drawn, evaluation excluded, continuing the count
+    of a resumed run.
+    """
+
+    def __init__(self):
+        self.start: float | None = None
+        self.excluded = 0.0
+        self.paused_at: float | None = None
+        self.offset: float | None = None
+
+    def start_once(self) -> None:
+        if self.start is None:
+            self.start = time.perf_counter()
+
+    def seconds(self, log_history: list[dict]) -> float:
+        if self.offset is None:  # a resumed run continues from its last logged count
+            self.offset = next((h["train_seconds"] for h in reversed(log_history) if "train_seconds" in h), 0.0)
+        if self.start is None:
+            return self.offset
+        now = self.paused_at if self.paused_at is not None else time.perf_counter()
+        return self.offset + now - self.start - self.excluded
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        self.paused_at = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - self.paused_at
+            self.paused_at = None
+
+
+def _has_length(dataset: Any) -> bool:
+    try:
+        return len(dataset) > 0
+    except TypeError:
+        return False
+
+
+def _find_labels(batch: Mapping[str, Any], label_names: list[str]) -> torch.Tensor | None:
+    for key in (*label_names, *_LABEL_KEYS):
+        value = batch.get(key)
+        if isinstance(value, torch.Tensor):
+            return value
+    return None
+
+
+def _batch_length(batch: Mapping[str, Any]) -> int:
+    for value in batch.values():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.shape[0]
+    raise ValueError("selection: the collated batch holds no tensor to take the batch size from.")
+
+
+def _index_batch(batch: Mapping[str, Any], indices: torch.Tensor, pool_size: int) -> dict[str, Any]:
+    """Keep the rows `indices` of every per-sample entry of a collated batch."""
+    kept = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == pool_size:
+            kept[key] = value[indices.to(value.device)]
+        elif isinstance(value, (list, tuple)) and len(value) == pool_size:
+            kept[key] = type(value)(value[i] for i in indices.tolist())
+        else:
+            kept[key] = value
+    return kept

@@ -1,0 +1,1 @@
+"""Recipes built on hf_margin (GLUE, images, plots, benchmarks). Never imported by the library."""

@@ -1,0 +1,113 @@
+"""Plot runs side by side: eval metric against optimizer steps and against training wall-clock seconds
+(scoring included, evaluation excluded), and the mean-MMS trace.
+
+    python -m tasks.plot RUN_DIR [RUN_DIR ...] --out FILE.png [--metric eval_accuracy]
+
+Each RUN_DIR is an `output_dir` of `tasks.glue` or `tasks.image`: it holds `trainer_state.json` (the log
+history) and `metrics.json` (the settings used for the label).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+# Preferred eval metric per task family, first one present wins.
+METRIC_PREFERENCE = ("eval_accuracy", "eval_matthews_correlation", "eval_f1", "eval_pearson")
+
+
+@dataclass
+class RunCurves:
+    label: str
+    metric: str
+    steps: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    mms_steps: list[int] = field(default_factory=list)
+    mms_values: list[float] = field(default_factory=list)
+    mms_key: str = "mms_train_mean"
+
+
+def run_label(settings: dict) -> str:
+    """`mms k=4`, `uniform k=10`, `baseline`, with `+ MMR a=1e-05->0.001` when MMR was on."""
+    selection = settings.get("selection", "none")
+    label = "baseline" if selection == "none" else f"{selection} k={settings.get('selection_oversample', 0):g}"
+    alpha, alpha_end = settings.get("mmr_alpha") or 0.0, settings.get("mmr_alpha_end")
+    if alpha or alpha_end:
+        label += f" + MMR a={alpha:g}" + (f"->{alpha_end:g}" if alpha_end is not None else "")
+    return label
+
+
+def load_run(run_dir: Path, metric: str | None = None) -> RunCurves:
+    state_file = run_dir / "trainer_state.json"
+    if not state_file.is_file():
+        raise FileNotFoundError(f"{run_dir} has no trainer_state.json: is it the output_dir of a finished run?")
+    history = json.loads(state_file.read_text())["log_history"]
+    metrics_file = run_dir / "metrics.json"
+    settings = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    if metric is None:
+        present = {k for h in history for k in h}
+        metric = next((m for m in METRIC_PREFERENCE if m in present), None)
+        if metric is None:
+            raise ValueError(f"{run_dir}: no eval metric among {METRIC_PREFERENCE} in the log history.")
+    curves = RunCurves(label=run_label(settings), metric=metric)
+    if any("mms_pool_mean" in h for h in history):
+        curves.mms_key = "mms_pool_mean"
+    last_seconds = 0.0
+    for entry in history:
+        last_seconds = entry.get("train_seconds", last_seconds)
+        if metric in entry:
+            curves.steps.append(entry["step"])
+            curves.seconds.append(last_seconds)
+            curves.values.append(entry[metric])
+        if curves.mms_key in entry:
+            curves.mms_steps.append(entry["step"])
+            curves.mms_values.append(entry[curves.mms_key])
+    return curves
+
+
+def plot_runs(runs: list[RunCurves], out: Path, title: str | None = None) -> Path:
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for run in runs:
+        axes[0].plot(run.steps, run.values, marker="o", ms=3, label=run.label)
+        axes[1].plot(run.seconds, run.values, marker="o", ms=3, label=run.label)
+        if run.mms_values:
+            axes[2].plot(run.mms_steps, run.mms_values, label=f"{run.label} ({run.mms_key})")
+    metric = runs[0].metric if runs else ""
+    axes[0].set(xlabel="optimizer steps", ylabel=metric, title=f"{metric} vs steps")
+    axes[1].set(xlabel="training wall-clock seconds (scoring included)", ylabel=metric, title=f"{metric} vs time")
+    axes[2].set(xlabel="optimizer steps", ylabel="mean minimal margin score", title="mean-MMS trace")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dirs", nargs="+", type=Path, help="output_dir of each run to compare")
+    parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    parser.add_argument("--metric", default=None, help=f"eval metric to plot (default: first of {METRIC_PREFERENCE})")
+    parser.add_argument("--title", default=None)
+    args = parser.parse_args(argv)
+    runs = [load_run(d, args.metric) for d in args.run_dirs]
+    out = plot_runs(runs, args.out, args.title)
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

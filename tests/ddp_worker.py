@@ -1,0 +1,51 @@
+"""Run by tests/test_distributed.py under `torchrun --nproc_per_node 2` (CPU, gloo); not a test module."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hf_margin import MarginTrainer, MarginTrainingArguments  # noqa: E402
+from tests.conftest import TinyTextDataset, tiny_bert  # noqa: E402
+
+
+def main(out_dir: str) -> None:
+    model = tiny_bert()
+    calls = []
+
+    def record(module, args, kwargs, output):
+        calls.append({"scoring": torch.is_inference_mode_enabled(), "rows": kwargs["input_ids"].tolist()})
+
+    model.register_forward_hook(record, with_kwargs=True)
+    args = MarginTrainingArguments(
+        output_dir=out_dir,
+        per_device_train_batch_size=4,
+        selection="mms",
+        selection_oversample=3,
+        max_steps=3,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        mmr_alpha=1e-3,
+    )
+    trainer = MarginTrainer(model=model, args=args, train_dataset=TinyTextDataset(n=96))
+    trainer.train()
+    result = {
+        "rank": args.process_index,
+        "world_size": args.world_size,
+        "global_step": trainer.state.global_step,
+        "calls": calls,
+        "logs": trainer.state.log_history,
+    }
+    Path(out_dir, f"rank{args.process_index}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

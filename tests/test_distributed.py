@@ -1,0 +1,40 @@
+"""Two CPU processes under torchrun (gloo): each selects from its own pool."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_selects_per_process(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    proc = subprocess.run(
+        [*cmd, str(WORKER), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    pools = []
+    for result in ranks:
+        assert result["world_size"] == 2 and result["global_step"] == 3
+        calls = result["calls"]
+        assert [c["scoring"] for c in calls] == [True, False] * 3
+        for scoring, training in zip(calls[0::2], calls[1::2]):
+            assert len(scoring["rows"]) == 12 and len(training["rows"]) == 4
+            assert all(row in scoring["rows"] for row in training["rows"])
+        pools.append({tuple(row) for c in calls[0::2] for row in c["rows"]})
+        logs = [h for h in result["logs"] if "loss" in h]
+        assert len(logs) == 3 and all("mms_pool_mean" in h and "mmr_penalty" in h for h in logs)
+    assert not pools[0] & pools[1], "the two processes must draw disjoint pools"
+    # metrics are gathered: both processes log the same values
+    assert [h["mms_pool_mean"] for h in ranks[0]["logs"] if "loss" in h] == [
+        h["mms_pool_mean"] for h in ranks[1]["logs"] if "loss" in h
+    ]

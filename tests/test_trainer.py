@@ -1,0 +1,333 @@
+"""MarginTrainer in real training runs with tiny random models (BERT and timm through one code path)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from transformers import BertForSequenceClassification, Trainer, TrainingArguments
+
+from hf_margin import MarginTrainer, MarginTrainingArguments
+from tests.conftest import TinyImageDataset, TinyTextDataset, tiny_bert, tiny_timm
+
+
+def margin_args(tmp_path, cls=MarginTrainingArguments, **overrides) -> MarginTrainingArguments:
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        max_steps=4,
+        logging_steps=1,
+        learning_rate=1e-3,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=7,
+    )
+    return cls(**{**defaults, **overrides})
+
+
+def losses(trainer: Trainer) -> list[float]:
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+class ForwardRecorder:
+    """Records, per forward of `model`, whether it was a scoring pass and what it saw and returned."""
+
+    def __init__(self, model: nn.Module, input_key: str, head: nn.Linear):
+        self.head, self.input_key, self.calls = head, input_key, []
+        model.register_forward_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs, output):
+        scoring = torch.is_inference_mode_enabled()
+        self.calls.append(
+            {
+                "scoring": scoring,
+                "inputs": kwargs[self.input_key].detach().clone(),
+                "logits": output.logits.detach().clone().float(),
+                "weight": self.head.weight.detach().clone().float(),
+                "training": module.training,
+            }
+        )
+
+    def steps(self) -> list[tuple[dict, dict]]:
+        """(scoring pass, training pass) pairs, in order."""
+        calls = [c for c in self.calls]
+        assert [c["scoring"] for c in calls] == [True, False] * (len(calls) // 2)
+        return list(zip(calls[0::2], calls[1::2]))
+
+
+def naive_mms(logits: torch.Tensor, weight: torch.Tensor) -> list[float]:
+    out = []
+    for row in logits:
+        order = sorted(range(len(row)), key=lambda c: -float(row[c]))
+        i1, i2 = order[0], order[1]
+        out.append(float(row[i1] - row[i2]) / float((weight[i1] - weight[i2]).norm()))
+    return out
+
+
+def naive_entropy(logits: torch.Tensor) -> list[float]:
+    return [float(-(p * p.log()).sum()) for p in logits.softmax(1)]
+
+
+def naive_loss(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    return [float(-row.log_softmax(0)[y]) for row, y in zip(logits, labels)]
+
+
+# ---- off by default: exactly a Trainer ----
+
+
+def test_everything_off_reproduces_stock_trainer(tmp_path, text_data):
+    stock_args = margin_args(tmp_path, cls=TrainingArguments, output_dir=str(tmp_path / "stock"))
+    stock = Trainer(model=tiny_bert(), args=stock_args, train_dataset=text_data)
+    stock.train()
+    ours = MarginTrainer(model=tiny_bert(), args=margin_args(tmp_path), train_dataset=text_data)
+    ours.train()
+    assert len(losses(ours)) == 4
+    assert losses(ours) == losses(stock)  # exactly, dropout included
+    for a, b in zip(ours.model.parameters(), stock.model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_plain_training_arguments_mean_margins_off(tmp_path, text_data):
+    args = margin_args(tmp_path, cls=TrainingArguments)
+    trainer = MarginTrainer(model=tiny_bert(), args=args, train_dataset=text_data)
+    assert trainer.selection == "none" and not trainer.mmr_on
+    trainer.train()
+    assert trainer.state.global_step == 4
+
+
+# ---- selection: what reaches the backward pass ----
+
+
+def _check_selected(recorder: ForwardRecorder, criterion: str, keep: int, labels_of=None):
+    steps = recorder.steps()
+    assert steps, "no training step ran"
+    for scoring, training in steps:
+        assert not scoring["training"], "the pool must be scored in eval mode"
+        assert training["training"]
+        pool, logits = scoring["inputs"], scoring["logits"]
+        if criterion == "mms":
+            scores, largest = naive_mms(logits, scoring["weight"]), False
+        elif criterion == "entropy":
+            scores, largest = naive_entropy(logits), True
+        else:
+            scores, largest = naive_loss(logits, labels_of(pool)), True
+        order = sorted(range(len(scores)), key=lambda i: -scores[i] if largest else scores[i])
+        expected = pool[sorted(order[:keep])]
+        assert torch.equal(training["inputs"], expected)
+
+
+@pytest.mark.parametrize("criterion", ["mms", "entropy", "loss"])
+def test_text_selection_trains_exactly_on_the_chosen_samples(tmp_path, text_data, criterion):
+    model = tiny_bert(num_labels=3)
+    data = TinyTextDataset(num_labels=3)
+    recorder = ForwardRecorder(model, "input_ids", model.classifier)
+    args = margin_args(tmp_path, selection=criterion, selection_oversample=4, max_steps=3)
+    MarginTrainer(model=model, args=args, train_dataset=data).train()
+    _check_selected(recorder, criterion, keep=8, labels_of=lambda ids: ids[:, 0] % 3)
+    assert all(len(s["inputs"]) == 32 for s, _ in recorder.steps())
+
+
+def test_timm_mms_through_the_same_trainer(tmp_path, image_data):
+    model = tiny_timm(num_labels=3)
+    recorder = ForwardRecorder(model, "pixel_values", model.timm_model.get_classifier())
+    args = margin_args(tmp_path, selection="mms", selection_oversample=3, max_steps=3)
+    trainer = MarginTrainer(model=model, args=args, train_dataset=image_data)
+    trainer.train()
+    assert trainer._head_name == "timm_model.fc"
+    _check_selected(recorder, "mms", keep=8)
+    # eval-mode scoring leaves BatchNorm statistics to the training forwards: 3 updates, not 6
+    assert int(model.timm_model.bn1.num_batches_tracked) == 3
+
+
+def test_uniform_selection_draws_distinct_pool_members(tmp_path, text_data):
+    model = tiny_bert()
+    seen = []
+    model.register_forward_hook(lambda m, a, kw, out: seen.append(kw["input_ids"].clone()), with_kwargs=True)
+    args = margin_args(tmp_path, selection="uniform", selection_oversample=4, max_steps=3)
+    MarginTrainer(model=model, args=args, train_dataset=text_data).train()
+    assert len(seen) == 3  # uniform selection runs no scoring forward
+    rows = {tuple(r.tolist()) for batch in seen for r in batch}
+    assert all(len(b) == 8 for b in seen) and len(rows) == 24
+
+
+def test_one_epoch_scores_every_sample_once_and_has_k_times_fewer_steps(tmp_path, text_data):
+    model = tiny_bert()
+    recorder = ForwardRecorder(model, "input_ids", model.classifier)
+    args = margin_args(tmp_path, selection="mms", selection_oversample=4, max_steps=-1, num_train_epochs=1)
+    trainer = MarginTrainer(model=model, args=args, train_dataset=text_data)
+    assert len(trainer.get_train_dataloader()) == 256 // 32
+    trainer.train()
+    assert trainer.state.global_step == 8 == trainer.state.max_steps
+    pools = torch.cat([s["inputs"] for s, _ in recorder.steps()])
+    assert len(pools) == 256 and len({tuple(r.tolist()) for r in pools}) == len(set(map(tuple, text_data.input_ids.tolist())))
+
+
+def test_selection_logs(tmp_path, text_data):
+    args = margin_args(tmp_path, selection="mms", selection_oversample=4, max_steps=4, logging_steps=2)
+    trainer = MarginTrainer(model=tiny_bert(), args=args, train_dataset=text_data)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2
+    for h in logs:
+        assert h["mms_selected_mean"] <= h["mms_pool_mean"]
+        assert 0.0 < h["scoring_time_share"] < 1.0
+        assert h["mms_train_mean"] > 0
+    assert logs[0]["train_seconds"] < logs[1]["train_seconds"]
+    final = trainer.state.log_history[-1]
+    assert final["selection_seconds"] > 0 and 0 < final["selection_time_share"] < 1
+
+
+# ---- MMR ----
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_mmr_adds_alpha_times_penalty_to_the_loss(tmp_path, text_data, smoothing):
+    common = dict(max_steps=1, label_smoothing_factor=smoothing)
+    base = MarginTrainer(model=tiny_bert(), args=margin_args(tmp_path, **common), train_dataset=text_data)
+    base.train()
+    alpha = 1e-2
+    mmr = MarginTrainer(
+        model=tiny_bert(), args=margin_args(tmp_path, mmr_alpha=alpha, **common), train_dataset=text_data
+    )
+    mmr.train()
+    log = mmr.state.log_history[0]
+    assert log["mmr_penalty"] > 0 and log["mmr_alpha"] == pytest.approx(alpha)
+    assert log["loss"] == pytest.approx(losses(base)[0] + alpha * log["mmr_penalty"], rel=1e-5)
+
+
+def test_mmr_alpha_ramps_linearly(tmp_path, text_data):
+    args = margin_args(tmp_path, mmr_alpha=1e-5, mmr_alpha_end=1e-3, max_steps=4)
+    trainer = MarginTrainer(model=tiny_bert(), args=args, train_dataset=text_data)
+    trainer.train()
+    alphas = [h["mmr_alpha"] for h in trainer.state.log_history if "mmr_alpha" in h]
+    expected = [1e-5 + (1e-3 - 1e-5) * s / 4 for s in range(4)]
+    assert alphas == pytest.approx(expected, rel=1e-6)
+
+
+def test_mmr_composes_with_compute_loss_func(tmp_path, text_data):
+    calls = []
+
+    def loss_func(outputs, labels, num_items_in_batch=None):
+        calls.append(num_items_in_batch)
+        return nn.functional.cross_entropy(outputs.logits, labels, reduction="sum") / num_items_in_batch
+
+    args = margin_args(tmp_path, mmr_alpha=1e-2, max_steps=2, gradient_accumulation_steps=2)
+    trainer = MarginTrainer(model=tiny_bert(), args=args, train_dataset=text_data, compute_loss_func=loss_func)
+    trainer.train()
+    assert len(calls) == 4 and all(int(n) == 16 for n in calls)
+    assert all(math.isfinite(h["mmr_penalty"]) for h in trainer.state.log_history if "mmr_penalty" in h)
+
+
+# ---- gradient accumulation and resume ----
+
+
+class NumItemsBert(BertForSequenceClassification):
+    """A model whose loss honours `num_items_in_batch` (sum / items), like transformers' causal LMs."""
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, num_items_in_batch=None, **kwargs):
+        out = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if labels is not None:
+            total = nn.functional.cross_entropy(out.logits, labels, reduction="sum")
+            out.loss = total / num_items_in_batch if num_items_in_batch is not None else total / len(labels)
+        return out
+
+
+def _trained_params(tmp_path, data, name, make_model=lambda: tiny_bert(dropout=0.0), **overrides):
+    args = margin_args(tmp_path, output_dir=str(tmp_path / name), optim="sgd", learning_rate=0.5, **overrides)
+    args.train_sampling_strategy = "sequential"
+    trainer = MarginTrainer(model=make_model(), args=args, train_dataset=data)
+    trainer.train()
+    return trainer, [p.detach().clone() for p in trainer.model.parameters()]
+
+
+@pytest.mark.parametrize("model_cls", [BertForSequenceClassification, NumItemsBert])
+def test_gradient_accumulation_equals_the_large_batch(tmp_path, text_data, model_cls):
+    def make_model():
+        return model_cls(tiny_bert(dropout=0.0).config)
+
+    big, big_params = _trained_params(
+        tmp_path, text_data, "big", make_model, per_device_train_batch_size=16, max_steps=2
+    )
+    acc, acc_params = _trained_params(
+        tmp_path, text_data, "acc", make_model, per_device_train_batch_size=8, gradient_accumulation_steps=2, max_steps=2
+    )
+    assert losses(acc) == pytest.approx(losses(big), rel=1e-5)
+    for a, b in zip(acc_params, big_params):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("criterion", ["uniform", "mms"])
+def test_resume_mid_epoch_continues_the_run(tmp_path, text_data, criterion):
+    common = dict(selection=criterion, selection_oversample=2, max_steps=6, save_strategy="steps", save_steps=3)
+    full, full_params = _trained_params(tmp_path, text_data, "full", **common)
+    args = margin_args(tmp_path, output_dir=str(tmp_path / "resumed"), optim="sgd", learning_rate=0.5, **common)
+    args.train_sampling_strategy = "sequential"
+    resumed = MarginTrainer(model=tiny_bert(dropout=0.0), args=args, train_dataset=text_data)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-3"))
+    assert resumed.state.global_step == 6
+    assert losses(resumed)[-3:] == pytest.approx(losses(full)[-3:], rel=1e-5)
+    for a, b in zip(resumed.model.parameters(), full_params):
+        torch.testing.assert_close(a, b)
+
+
+# ---- bad input: a ValueError naming the field, before training ----
+
+
+class ConvOnly(nn.Module):
+    """A classifier with no linear layer at all."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 16)
+
+    def forward(self, pixel_values, labels=None):
+        logits = self.conv(pixel_values).flatten(1)
+        return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+
+class Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        return iter(TinyTextDataset())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (dict(selection_oversample=0.5), "selection_oversample"),
+        (dict(selection="hardest"), "selection"),
+        (dict(mmr_alpha=-1.0), "mmr_alpha"),
+        (dict(mmr_alpha_end=-1.0), "mmr_alpha_end"),
+    ],
+)
+def test_bad_arguments(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        margin_args(tmp_path, **overrides)
+
+
+@pytest.mark.parametrize(
+    ("make_model", "data", "overrides", "match"),
+    [
+        (lambda: tiny_bert(), TinyTextDataset(labels=False), dict(selection="loss"), "selection.*labels"),
+        (lambda: tiny_bert(), TinyTextDataset(labels=False), dict(mmr_alpha=1e-3), "mmr_alpha.*labels"),
+        (lambda: tiny_bert(num_labels=1), TinyTextDataset(), dict(selection="mms"), "selection.*regression"),
+        (lambda: tiny_bert(num_labels=1), TinyTextDataset(), dict(mmr_alpha=1e-3), "mmr_alpha.*regression"),
+        (ConvOnly, TinyImageDataset(), dict(selection="mms"), "classifier_name"),
+        (lambda: tiny_bert(), TinyTextDataset(n=16), dict(selection="mms"), "selection_oversample.*larger"),
+        (lambda: tiny_bert(), Stream(), dict(selection="mms"), "IterableDataset"),
+        (lambda: tiny_bert(), TinyTextDataset(), dict(selection="mms", classifier_name="bert.nope"), "submodule"),
+        (lambda: tiny_bert(), TinyTextDataset(), dict(mmr_alpha=1e-3, classifier_name="bert.pooler"), "nn.Linear"),
+    ],
+)
+def test_bad_input_fails_before_training(tmp_path, make_model, data, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        MarginTrainer(model=make_model(), args=margin_args(tmp_path, **overrides), train_dataset=data)
+
+
+def test_a_model_without_a_linear_head_still_trains_with_margins_off(tmp_path, image_data):
+    trainer = MarginTrainer(model=ConvOnly(), args=margin_args(tmp_path, max_steps=2), train_dataset=image_data)
+    trainer.train()
+    assert trainer.state.global_step == 2 and "mms_train_mean" not in trainer.state.log_history[0]
