@@ -113,17 +113,16 @@ def multi_margin_penalty(
         )
     if labels.shape != logits.shape[:1]:
         raise ValueError(f"labels must be [B] = [{logits.shape[0]}], got {list(labels.shape)}.")
+    # Masks rather than boolean indexing: no host-device synchronisation inside the training step.
     kept = labels != -100
-    if not bool(kept.any()):
-        return features.float().sum() * 0.0
-    features, logits, labels = features[kept].float(), logits[kept].detach(), labels[kept].long()
-    weight = weight.float()
-
-    wrong = logits.float().scatter(1, labels[:, None], float("-inf"))
+    labels = labels.long().where(kept, 0)
+    logits, weight = logits.detach().float(), weight.float()
+    wrong = logits.scatter(1, labels[:, None], float("-inf"))
     runner_up = wrong.argmax(dim=1)
     row_distance_sq = (weight[labels] - weight[runner_up]).pow(2).sum(dim=1)
-    radius_sq = features.pow(2).sum(dim=1).max()
-    return row_distance_sq.mean() * radius_sq
+    mean_row_distance_sq = (row_distance_sq * kept).sum() / kept.sum().clamp_min(1)
+    radius_sq = (features.float().pow(2).sum(dim=1) * kept).max()
+    return mean_row_distance_sq * radius_sq
 
 
 def _check_logits_weight(logits: torch.Tensor, weight: torch.Tensor) -> None:

@@ -82,7 +82,7 @@ class MarginTrainer(Trainer):
             self._check_train_dataset(self.train_dataset)
 
         self._generator = torch.Generator().manual_seed(self.args.seed + self.args.process_index)
-        self._buffered: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self._buffered: dict[str, list[torch.Tensor | float]] = defaultdict(list)  # per-step values until logged
         self._scoring_seconds = 0.0  # whole run
         self._scoring_seconds_window = 0.0  # since the last training log
         self._window_start: float | None = None
@@ -276,7 +276,7 @@ class MarginTrainer(Trainer):
                 term = term * (labels != -100).sum() / num_items_in_batch
             loss = loss + term.to(loss.dtype)
             self._buffered["mmr_penalty"].append(penalty.detach())
-            self._buffered["mmr_alpha"].append(torch.tensor(alpha, device=penalty.device))
+            self._buffered["mmr_alpha"].append(alpha)
         return (loss, outputs) if return_outputs else loss
 
     @property
@@ -313,7 +313,10 @@ class MarginTrainer(Trainer):
             for key, values in self._buffered.items():
                 if values:
                     # `gather`, not `gather_for_metrics`: the latter trims by the train loader's remainder
-                    logs[key] = self.accelerator.gather(torch.stack(values).float()).mean().item()
+                    stacked = torch.stack(
+                        [torch.as_tensor(v, dtype=torch.float32, device=self.args.device) for v in values]
+                    )
+                    logs[key] = self.accelerator.gather(stacked).mean().item()
             self._buffered.clear()
             if self.selection != "none" and self._window_start is not None:
                 window = time.perf_counter() - self._window_start

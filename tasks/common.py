@@ -15,11 +15,15 @@ def write_run_metrics(trainer: Trainer, train_metrics: dict[str, Any], eval_metr
     and `<output_dir>/trainer_state.json` (the log history that `tasks.plot` reads).
     """
     args = trainer.args
-    train_seconds = [h["train_seconds"] for h in trainer.state.log_history if "train_seconds" in h]
+
+    def last_logged(key: str) -> Any:
+        return next((h[key] for h in reversed(trainer.state.log_history) if key in h), None)
+
     record = {
         **eval_metrics,
         "train_runtime": train_metrics.get("train_runtime"),
-        "train_seconds": train_seconds[-1] if train_seconds else train_metrics.get("train_runtime"),
+        "train_seconds": last_logged("train_seconds") or train_metrics.get("train_runtime"),
+        "selection_time_share": last_logged("selection_time_share"),
         "train_steps": trainer.state.global_step,
         "train_loss": train_metrics.get("train_loss"),
         "selection": getattr(args, "selection", "none"),

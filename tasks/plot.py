@@ -1,5 +1,6 @@
 """Plot runs side by side: eval metric against optimizer steps and against training wall-clock seconds
-(scoring included, evaluation excluded), and the mean-MMS trace.
+(scoring included, evaluation excluded), and the mean-MMS trace (`mms_train_mean`: the mean minimal margin
+score of the samples each step trained on, measured in their training forward, the same quantity for every run).
 
     python -m tasks.plot RUN_DIR [RUN_DIR ...] --out FILE.png [--metric eval_accuracy]
 
@@ -58,7 +59,7 @@ def load_run(run_dir: Path, metric: str | None = None) -> RunCurves:
         if metric is None:
             raise ValueError(f"{run_dir}: no eval metric among {METRIC_PREFERENCE} in the log history.")
     curves = RunCurves(label=run_label(settings), metric=metric)
-    if any("mms_pool_mean" in h for h in history):
+    if not any(curves.mms_key in h for h in history):  # runs without a head found have no trace
         curves.mms_key = "mms_pool_mean"
     last_seconds = 0.0
     for entry in history:
@@ -79,14 +80,15 @@ def plot_runs(runs: list[RunCurves], out: Path, title: str | None = None) -> Pat
         axes[0].plot(run.steps, run.values, marker="o", ms=3, label=run.label)
         axes[1].plot(run.seconds, run.values, marker="o", ms=3, label=run.label)
         if run.mms_values:
-            axes[2].plot(run.mms_steps, run.mms_values, label=f"{run.label} ({run.mms_key})")
+            axes[2].plot(run.mms_steps, run.mms_values, label=run.label)
     metric = runs[0].metric if runs else ""
     axes[0].set(xlabel="optimizer steps", ylabel=metric, title=f"{metric} vs steps")
     axes[1].set(xlabel="training wall-clock seconds (scoring included)", ylabel=metric, title=f"{metric} vs time")
-    axes[2].set(xlabel="optimizer steps", ylabel="mean minimal margin score", title="mean-MMS trace")
+    axes[2].set(xlabel="optimizer steps", ylabel="mean MMS of the trained samples", title="mean-MMS trace")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

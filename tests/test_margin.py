@@ -24,7 +24,8 @@ def _distance_to_top2_boundary(phi, weight, bias, logits):
         i1, i2 = row.topk(2).indices.tolist()
         a = (weight[i1] - weight[i2])[None, :]  # [1, D]: a @ (x + delta) + (b1 - b2) = 0
         rhs = -(a @ x + bias[i1] - bias[i2])
-        delta = torch.linalg.lstsq(a, rhs[:, None]).solution[:, 0]  # minimum-norm solution of an underdetermined system
+        # the minimum-norm solution of this underdetermined system is the shortest displacement
+        delta = torch.linalg.lstsq(a, rhs[:, None]).solution[:, 0]
         distances.append(delta.norm())
     return torch.stack(distances)
 

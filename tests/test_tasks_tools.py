@@ -1,0 +1,59 @@
+"""The plot command, the demo, and the benchmark code in quick mode (not the benchmarks themselves)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tasks import benchmark, demo, plot
+from tasks.bench_overhead import Workload, measure
+from tests.conftest import TinyTextDataset, tiny_bert
+
+
+def test_plot_writes_a_png_from_two_runs(tmp_path):
+    records = demo.main(["--output_dir", str(tmp_path / "demo"), "--max_steps", "12"])
+    assert [r["train_steps"] for r in records] == [12, 12, 12]
+    assert records[1]["selection"] == "mms" and 0 < records[1]["selection_time_share"] < 1
+    assert records[2]["mmr_alpha_end"] == pytest.approx(1e-3)
+    runs = [tmp_path / "demo" / name for name in ("uniform", "mms")]
+    out = plot.main([*map(str, runs), "--out", str(tmp_path / "cmp.png")])
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    curves = plot.load_run(runs[1])
+    assert curves.label == "mms k=4" and curves.steps[-1] == 12 and len(curves.mms_values) > 0
+    assert curves.seconds == sorted(curves.seconds)
+
+
+def test_plot_refuses_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="trainer_state.json"):
+        plot.load_run(tmp_path)
+
+
+def test_benchmark_grid_and_report_in_quick_mode(tmp_path):
+    common = ["--results_dir", str(tmp_path / "results"), "--runs_dir", str(tmp_path / "runs")]
+    benchmark.main([*common, "tta", "--setting", "digits", "--quick", "--seeds", "0", "--ks", "2", "--only", "mms_k2"])
+    result = json.loads(next((tmp_path / "results").glob("tta_digits_quick_*.json")).read_text())
+    assert set(result["rows"]) == {"baseline", "mms_k2"}
+    base = result["rows"]["baseline"]
+    assert 0.0 <= base["final_mean"] <= 1.0 and base["baseline_final"]["reached"] == "1/1"
+    assert result["curves"]["mms_k2"]["0"]["steps"][-1] == 6
+    assert result["rows"]["mms_k2"]["selection_time_share_mean"] > 0
+    # resumable: a second call finds the finished runs and only summarises them again
+    before = (tmp_path / "runs" / "digits_quick" / "tta" / "baseline_s0" / "metrics.json").stat().st_mtime
+    benchmark.main([*common, "tta", "--setting", "digits", "--quick", "--seeds", "0", "--ks", "2", "--only", "mms_k2"])
+    assert (tmp_path / "runs" / "digits_quick" / "tta" / "baseline_s0" / "metrics.json").stat().st_mtime == before
+
+    from tasks.bench_report import render_report
+
+    report = render_report(tmp_path / "results", tmp_path / "BENCHMARKS.md").read_text()
+    assert "Time to accuracy: digits_quick" in report and "| mms_k2 |" in report
+    assert (tmp_path / "results" / next((tmp_path / "results").glob("*.json")).with_suffix(".png").name).is_file()
+
+
+def test_overhead_measure_gives_ratios():
+    work = Workload("tiny bert", lambda: tiny_bert(), TinyTextDataset(n=128), batch=8)
+    result = measure(work, steps=3, warmup=1, k=2.0, repeats=1)
+    assert 0.3 < result["margin_off_over_stock"] < 3.0
+    assert result["mms_scoring_s"] > 0 and result["scoring_per_sample_over_train_per_sample"] > 0
+    assert result["break_even_step_saving_at_k"]["10"] > result["break_even_step_saving_at_k"]["2"] > 1.0
