@@ -24,6 +24,21 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q --durations=10
 
+# The CPU benchmark suite (a couple of hours on 2 cores; resumable), then BENCHMARKS.md.
+bench: $(STAMP)
+	$(OFFLINE) $(BIN)/python -m tasks.benchmark overhead
+	$(OFFLINE) $(BIN)/python -m tasks.benchmark tta --setting fmnist --seeds 0 --ks 2 4 10
+	$(OFFLINE) $(BIN)/python -m tasks.benchmark tta --setting fmnist --seeds 0 1 2 --ks 2 4 --only uniform_k4 mms_k2 mms_k4 --tag 3seeds
+	$(OFFLINE) $(BIN)/python -m tasks.benchmark mmr --setting fmnist --seeds 0 1 2
+	$(OFFLINE) $(BIN)/python -m tasks.benchmark tta --setting mrpc --seeds 0 --ks 2 --only mms_k2
+	$(OFFLINE) $(BIN)/python -m tasks.benchmark mmr --setting mrpc --seeds 0
+	$(OFFLINE) $(BIN)/python -m tasks.benchmark report
+
+# Minutes: every benchmark path on tiny subsets (results go to tasks/results/*_quick_*.json).
+bench-quick: $(STAMP)
+	$(OFFLINE) $(BIN)/python -m tasks.benchmark tta --setting fmnist --quick --seeds 0 --ks 4
+	$(OFFLINE) $(BIN)/python -m tasks.benchmark mmr --setting fmnist --quick --seeds 0
+
 lint: $(STAMP)
 	$(BIN)/ruff check hf_margin tasks tests
 	$(BIN)/ruff format --check hf_margin tasks tests

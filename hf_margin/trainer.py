@@ -22,7 +22,13 @@ from transformers.utils import logging
 from .config import MarginTrainingArguments
 from .heads import FeatureCapture, find_classifier
 from .margin import minimal_margin_scores, multi_margin_penalty
-from .selection import KEEP_LARGEST, linear_ramp, pool_scores, select_by_score, select_uniform
+from .selection import (
+    KEEP_LARGEST,
+    linear_ramp,
+    pool_scores,
+    select_by_score,
+    select_uniform,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -83,9 +89,11 @@ class MarginTrainer(Trainer):
 
         self._generator = torch.Generator().manual_seed(self.args.seed + self.args.process_index)
         self._buffered: dict[str, list[torch.Tensor | float]] = defaultdict(list)  # per-step values until logged
-        self._scoring_seconds = 0.0  # whole run
-        self._scoring_seconds_window = 0.0  # since the last training log
-        self._window_start: float | None = None
+        # Seconds spent choosing samples (scoring forward included) and drawing the k-times larger pools,
+        # over the whole run and since the last training log: the live break-even accounting.
+        self._scoring_seconds = self._loading_seconds = 0.0
+        self._scoring_seconds_window = self._loading_seconds_window = 0.0
+        self._window_start: float | None = None  # training seconds at the last training log
         self._train_clock: _TrainClock | None = None
 
     # ---- set-up checks: fail before training, naming the field ----
@@ -187,16 +195,18 @@ class MarginTrainer(Trainer):
         """Draw `num_batches` pools and keep the selected samples of each (the Trainer's prefetch hook)."""
         if self._train_clock is not None:
             self._train_clock.start_once()
-        if self._window_start is None:
-            self._window_start = time.perf_counter()
         if self.selection == "none":
             return super().get_batch_samples(epoch_iterator, num_batches, device)
         batch_samples = []
         for _ in range(num_batches):
+            start = time.perf_counter()
             try:
                 pool = next(epoch_iterator)
             except StopIteration:
                 break
+            loading = time.perf_counter() - start
+            self._loading_seconds += loading
+            self._loading_seconds_window += loading
             batch_samples.append(self._select_from_pool(pool))
         return batch_samples, self._get_num_items_in_batch(batch_samples, device)
 
@@ -307,31 +317,65 @@ class MarginTrainer(Trainer):
             return super().evaluate(*args, **kwargs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self._train_clock is not None:
-            logs["train_seconds"] = round(self._train_clock.seconds(self.state.log_history), 3)
+        now = None if self._train_clock is None else self._train_clock.seconds(self.state.log_history)
+        if now is not None:
+            logs["train_seconds"] = round(now, 3)
         if "loss" in logs:  # a training log: flush what the steps since the last one buffered
+            device = self.args.device
             for key, values in self._buffered.items():
                 if values:
                     # `gather`, not `gather_for_metrics`: the latter trims by the train loader's remainder
-                    stacked = torch.stack(
-                        [torch.as_tensor(v, dtype=torch.float32, device=self.args.device) for v in values]
-                    )
+                    stacked = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device) for v in values])
                     logs[key] = self.accelerator.gather(stacked).mean().item()
             self._buffered.clear()
-            if self.selection != "none" and self._window_start is not None:
-                window = time.perf_counter() - self._window_start
-                logs["scoring_time_share"] = round(self._scoring_seconds_window / max(window, 1e-9), 4)
-            self._window_start, self._scoring_seconds_window = time.perf_counter(), 0.0
+            if self.selection != "none" and now is not None:
+                if self._window_start is None:
+                    self._window_start = self._train_clock.offset
+                window = max(now - self._window_start, 1e-9)
+                score_share, load_share = self._scoring_seconds_window / window, self._loading_seconds_window / window
+                logs["scoring_time_share"] = round(score_share, 4)
+                logs["break_even_step_ratio"] = round(self._break_even(score_share, load_share), 4)
+                self._window_start = now
+            self._scoring_seconds_window = self._loading_seconds_window = 0.0
         if "train_runtime" in logs and self.selection != "none":
+            runtime = max(now if now is not None else logs["train_runtime"], 1e-9)  # evaluation excluded
+            score_share, load_share = self._scoring_seconds / runtime, self._loading_seconds / runtime
+            ratio = self._break_even(score_share, load_share)
             logs["selection_seconds"] = round(self._scoring_seconds, 3)
-            logs["selection_time_share"] = round(self._scoring_seconds / max(logs["train_runtime"], 1e-9), 4)
+            logs["selection_time_share"] = round(score_share, 4)
+            logs["pool_loading_time_share"] = round(load_share, 4)
+            logs["break_even_step_ratio"] = round(ratio, 4)
+            if self.is_world_process_zero():
+                k = self._margin_arg("selection_oversample")
+                print(
+                    f"hf_margin: selection={self.selection} k={k:g} spent {100 * score_share:.1f}% of training time "
+                    f"scoring pools and {100 * load_share:.1f}% loading them; it saves wall-clock time only if it "
+                    f"reaches its target in fewer than {100 * ratio:.0f}% of the optimizer steps that training "
+                    "without selection needs."
+                )
         super().log(logs, start_time)
+
+    def _break_even(self, score_share: float, load_share: float) -> float:
+        """
+        Share of the optimizer steps of training without selection that this run may take and still
+        finish sooner: its step costs the step without selection plus the scoring and the extra
+        (k - 1) / k of pool loading, so the ratio is `1 - score_share - load_share * (k - 1) / k`.
+        """
+        k = self._margin_arg("selection_oversample")
+        return max(1.0 - score_share - load_share * (k - 1) / k, 0.0)
 
     def _save_rng_state(self, output_dir: str) -> None:
         # Every process saves its own RNG state here, so this is where selection state goes too.
         super()._save_rng_state(output_dir)
-        state = {"generator": self._generator.get_state(), "scoring_seconds": self._scoring_seconds}
-        torch.save(state, os.path.join(output_dir, f"margin_state_{self.args.process_index}.pt"))
+        state = {
+            "generator": self._generator.get_state(),
+            "scoring_seconds": self._scoring_seconds,
+            "loading_seconds": self._loading_seconds,
+        }
+        torch.save(
+            state,
+            os.path.join(output_dir, f"margin_state_{self.args.process_index}.pt"),
+        )
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         # Called once on every resume path before the first batch is drawn (RNG states load later).
@@ -344,6 +388,7 @@ class MarginTrainer(Trainer):
         state = torch.load(path, weights_only=True)
         self._generator.set_state(state["generator"])
         self._scoring_seconds = float(state["scoring_seconds"])
+        self._loading_seconds = float(state.get("loading_seconds", 0.0))
 
 
 class _TrainClock:
@@ -364,7 +409,10 @@ class _TrainClock:
 
     def seconds(self, log_history: list[dict]) -> float:
         if self.offset is None:  # a resumed run continues from its last logged count
-            self.offset = next((h["train_seconds"] for h in reversed(log_history) if "train_seconds" in h), 0.0)
+            self.offset = next(
+                (h["train_seconds"] for h in reversed(log_history) if "train_seconds" in h),
+                0.0,
+            )
         if self.start is None:
             return self.offset
         now = self.paused_at if self.paused_at is not None else time.perf_counter()

@@ -277,8 +277,9 @@ def cmd_grid(kind: str, args: argparse.Namespace) -> None:
         setting = Setting(
             **{**vars(setting), "argv": [*setting.argv, "--model_name_or_path", args.model_name_or_path]}
         )
-    name = args.setting + ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "")
-    root = args.runs_dir / name / kind
+    base_name = args.setting + ("_quick" if args.quick else "")
+    name = base_name + (f"_{args.tag}" if args.tag else "")
+    root = args.runs_dir / base_name / kind  # shared by every tag: a run is never repeated
     for seed in args.seeds:
         for variant, extra in variants.items():
             run_one(setting, variant, extra, seed, args.quick, root)

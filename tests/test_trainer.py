@@ -167,7 +167,7 @@ def test_one_epoch_scores_every_sample_once_and_has_k_times_fewer_steps(tmp_path
     assert len(pools) == 256 and len({tuple(r.tolist()) for r in pools}) == distinct_in_data
 
 
-def test_selection_logs(tmp_path, text_data):
+def test_selection_logs(tmp_path, text_data, capsys):
     args = margin_args(tmp_path, selection="mms", selection_oversample=4, max_steps=4, logging_steps=2)
     trainer = MarginTrainer(model=tiny_bert(), args=args, train_dataset=text_data)
     trainer.train()
@@ -178,8 +178,14 @@ def test_selection_logs(tmp_path, text_data):
         assert 0.0 < h["scoring_time_share"] < 1.0
         assert h["mms_train_mean"] > 0
     assert logs[0]["train_seconds"] < logs[1]["train_seconds"]
+    assert all(0 < h["break_even_step_ratio"] < 1 - h["scoring_time_share"] + 1e-4 for h in logs)
     final = trainer.state.log_history[-1]
     assert final["selection_seconds"] > 0 and 0 < final["selection_time_share"] < 1
+    # a step costs the plain step plus scoring plus the extra (k - 1) / k of loading the pool
+    expected = 1 - final["selection_time_share"] - final["pool_loading_time_share"] * 3 / 4
+    assert final["break_even_step_ratio"] == pytest.approx(expected, abs=2e-4)
+    verdict = capsys.readouterr().out
+    assert "hf_margin: selection=mms k=4 spent" in verdict and "of the optimizer steps" in verdict
 
 
 # ---- MMR ----
