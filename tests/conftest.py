@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -17,8 +16,6 @@ from transformers import (  # noqa: E402
     TimmWrapperConfig,
     TimmWrapperForImageClassification,
 )
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 class TinyTextDataset(torch.utils.data.Dataset):
