@@ -55,8 +55,8 @@ class MarginTrainer(Trainer):
     (models such as BERT accept loss kwargs but return a plain mean, which stock `Trainer` then fails
     to divide). A `compute_loss_func` still receives `num_items_in_batch` as in `Trainer`.
 
-    Logged with the training loss (gathered over processes): `mms_train_mean` (mean MMS of the trained
-    samples at their training forward, whenever the head is found), `mms_pool_mean` and
+    Logged with the training loss (gathered over processes): `mms_train_mean` (mean MMS of the samples of the
+    step before the log, at their training forward, whenever the head is found), `mms_pool_mean` and
     `mms_selected_mean` (at scoring time), `scoring_time_share` (share of the wall time since the last
     log spent choosing samples), `mmr_penalty`, `mmr_alpha`; on every log while training,
     `train_seconds` (wall time of training so far, evaluation excluded).
@@ -262,7 +262,8 @@ class MarginTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
-        if self._head is None or not model.training:
+        trace = self._head is not None and self._traces_this_step()
+        if not model.training or (self._capture is None and not trace):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = _find_labels(inputs, self.label_names)  # before `Trainer.compute_loss` pops them
         if self._capture is None:
@@ -272,8 +273,9 @@ class MarginTrainer(Trainer):
                 loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[1]
         weight = self._head.weight
-        with torch.no_grad():
-            self._buffered["mms_train_mean"].append(minimal_margin_scores(logits, weight).mean())
+        if trace:
+            with torch.no_grad():
+                self._buffered["mms_train_mean"].append(minimal_margin_scores(logits, weight).mean())
 
         if self._capture is not None:
             if labels is None:
@@ -288,6 +290,13 @@ class MarginTrainer(Trainer):
             self._buffered["mmr_penalty"].append(penalty.detach())
             self._buffered["mmr_alpha"].append(alpha)
         return (loss, outputs) if return_outputs else loss
+
+    def _traces_this_step(self) -> bool:
+        """The MMS trace is read on the optimizer step just before each training log, not on every step."""
+        steps = self.state.logging_steps
+        if self.args.logging_strategy != "steps" or not steps:
+            return True
+        return (self.state.global_step + 1) % steps == 0
 
     @property
     def current_mmr_alpha(self) -> float:
