@@ -22,13 +22,7 @@ from transformers.utils import logging
 from .config import MarginTrainingArguments
 from .heads import FeatureCapture, find_classifier
 from .margin import minimal_margin_scores, multi_margin_penalty
-from .selection import (
-    KEEP_LARGEST,
-    linear_ramp,
-    pool_scores,
-    select_by_score,
-    select_uniform,
-)
+from .selection import KEEP_LARGEST, linear_ramp, pool_scores, select_by_score, select_uniform
 
 logger = logging.get_logger(__name__)
 
@@ -223,7 +217,7 @@ class MarginTrainer(Trainer):
             weight = self._head.weight if self._head is not None else None
             scores = pool_scores(self.selection, logits, weight, labels)
             indices = select_by_score(scores, keep, largest=KEEP_LARGEST[self.selection]).to(scores.device)
-            if weight is not None:
+            if weight is not None and self._traces_this_step():
                 mms = scores if self.selection == "mms" else minimal_margin_scores(logits, weight)
                 self._buffered["mms_pool_mean"].append(mms.mean())
                 self._buffered["mms_selected_mean"].append(mms[indices].mean())
@@ -340,16 +334,18 @@ class MarginTrainer(Trainer):
             if self.selection != "none" and now is not None:
                 if self._window_start is None:
                     self._window_start = self._train_clock.offset
-                window = max(now - self._window_start, 1e-9)
-                score_share, load_share = self._scoring_seconds_window / window, self._loading_seconds_window / window
+                score_share, _, ratio = self._selection_shares(
+                    self._scoring_seconds_window, self._loading_seconds_window, now - self._window_start
+                )
                 logs["scoring_time_share"] = round(score_share, 4)
-                logs["break_even_step_ratio"] = round(self._break_even(score_share, load_share), 4)
+                logs["break_even_step_ratio"] = round(ratio, 4)
                 self._window_start = now
             self._scoring_seconds_window = self._loading_seconds_window = 0.0
         if "train_runtime" in logs and self.selection != "none":
-            runtime = max(now if now is not None else logs["train_runtime"], 1e-9)  # evaluation excluded
-            score_share, load_share = self._scoring_seconds / runtime, self._loading_seconds / runtime
-            ratio = self._break_even(score_share, load_share)
+            runtime = now if now is not None else logs["train_runtime"]  # evaluation excluded
+            score_share, load_share, ratio = self._selection_shares(
+                self._scoring_seconds, self._loading_seconds, runtime
+            )
             logs["selection_seconds"] = round(self._scoring_seconds, 3)
             logs["selection_time_share"] = round(score_share, 4)
             logs["pool_loading_time_share"] = round(load_share, 4)
@@ -364,14 +360,17 @@ class MarginTrainer(Trainer):
                 )
         super().log(logs, start_time)
 
-    def _break_even(self, score_share: float, load_share: float) -> float:
+    def _selection_shares(self, scoring: float, loading: float, seconds: float) -> tuple[float, float, float]:
         """
-        Share of the optimizer steps of training without selection that this run may take and still
-        finish sooner: its step costs the step without selection plus the scoring and the extra
-        (k - 1) / k of pool loading, so the ratio is `1 - score_share - load_share * (k - 1) / k`.
+        Scoring and pool-loading shares of `seconds` of training, and the break-even step ratio: the share of
+        the optimizer steps of training without selection that this run may take and still finish sooner.
+        A step costs the step without selection plus the scoring and the extra (k - 1) / k of pool loading,
+        so the ratio is `1 - score_share - load_share * (k - 1) / k`.
         """
+        seconds = max(seconds, 1e-9)
         k = self._margin_arg("selection_oversample")
-        return max(1.0 - score_share - load_share * (k - 1) / k, 0.0)
+        score_share, load_share = scoring / seconds, loading / seconds
+        return score_share, load_share, max(1.0 - score_share - load_share * (k - 1) / k, 0.0)
 
     def _save_rng_state(self, output_dir: str) -> None:
         # Every process saves its own RNG state here, so this is where selection state goes too.
@@ -381,10 +380,7 @@ class MarginTrainer(Trainer):
             "scoring_seconds": self._scoring_seconds,
             "loading_seconds": self._loading_seconds,
         }
-        torch.save(
-            state,
-            os.path.join(output_dir, f"margin_state_{self.args.process_index}.pt"),
-        )
+        torch.save(state, os.path.join(output_dir, f"margin_state_{self.args.process_index}.pt"))
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         # Called once on every resume path before the first batch is drawn (RNG states load later).
@@ -397,7 +393,7 @@ class MarginTrainer(Trainer):
         state = torch.load(path, weights_only=True)
         self._generator.set_state(state["generator"])
         self._scoring_seconds = float(state["scoring_seconds"])
-        self._loading_seconds = float(state.get("loading_seconds", 0.0))
+        self._loading_seconds = float(state["loading_seconds"])
 
 
 class _TrainClock:
@@ -418,10 +414,7 @@ class _TrainClock:
 
     def seconds(self, log_history: list[dict]) -> float:
         if self.offset is None:  # a resumed run continues from its last logged count
-            self.offset = next(
-                (h["train_seconds"] for h in reversed(log_history) if "train_seconds" in h),
-                0.0,
-            )
+            self.offset = next((h["train_seconds"] for h in reversed(log_history) if "train_seconds" in h), 0.0)
         if self.start is None:
             return self.offset
         now = self.paused_at if self.paused_at is not None else time.perf_counter()

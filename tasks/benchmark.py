@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from tasks.plot import load_run
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "tasks" / "results"
 RUNS = ROOT / "runs" / "bench"
@@ -182,32 +184,18 @@ def run_one(setting: Setting, name: str, extra: list[str], seed: int, quick: boo
 
 
 def load_curve(run_dir: Path, metric: str) -> dict[str, Any]:
-    """Eval metric against steps and training seconds (the clock pauses during evaluation)."""
-    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+    """Eval metric against steps and training seconds (the clock pauses during evaluation), as JSON-ready lists."""
+    run = load_run(run_dir, metric)  # the same reading of the log history as the plots
     record = json.loads((run_dir / "metrics.json").read_text())
-    steps, seconds, values, mms = [], [], [], []
-    last_seconds = 0.0
-    for entry in history:
-        last_seconds = entry.get("train_seconds", last_seconds)
-        if metric in entry:
-            steps.append(entry["step"])
-            seconds.append(last_seconds)
-            values.append(entry[metric])
-        for key in ("mms_train_mean", "mms_pool_mean"):
-            if key in entry:
-                mms.append((entry["step"], key, entry[key]))
-                break
     return {
-        "steps": steps,
-        "seconds": seconds,
-        "values": values,
+        "steps": run.steps,
+        "seconds": run.seconds,
+        "values": run.values,
         "final": record.get(metric),
         "train_seconds": record.get("train_seconds"),
         "train_steps": record.get("train_steps"),
-        "selection_time_share": next(
-            (h["selection_time_share"] for h in reversed(history) if "selection_time_share" in h), 0.0
-        ),
-        "mms_trace": mms,
+        "selection_time_share": record.get("selection_time_share") or 0.0,
+        "mms_trace": [(step, run.mms_key, value) for step, value in zip(run.mms_steps, run.mms_values)],
     }
 
 
