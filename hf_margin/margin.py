@@ -77,6 +77,39 @@ def per_sample_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return F.cross_entropy(logits.detach().float(), labels.long(), reduction="none", ignore_index=-100)
 
 
+def weighted_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """
+    Mean cross-entropy of a batch with a weight per sample, differentiable, in float32:
+
+        L = sum_i w_i * CE(logits_i, y_i) / #{i : y_i != -100}
+
+    The denominator counts samples, not weights, so with every `w_i = 1` this is the usual mean loss,
+    and weights `1 / p` on samples kept with probability `p` make its expectation the loss of the
+    full data (the rescaling of the cached-margin selection).
+
+    Args:
+        logits (`torch.Tensor` of shape `[B, C]`).
+        labels (`torch.LongTensor` of shape `[B]`): class indices; -100 is ignored.
+        weights (`torch.Tensor` of shape `[B]`): per-sample weights, >= 0.
+        label_smoothing (`float`, *optional*, defaults to 0): as in `torch.nn.functional.cross_entropy`.
+
+    Returns:
+        A scalar `torch.Tensor` in float32.
+    """
+    if labels.shape != logits.shape[:1] or weights.shape != logits.shape[:1]:
+        raise ValueError(
+            f"labels and weights must be [B] = [{logits.shape[0]}]; got {list(labels.shape)} and "
+            f"{list(weights.shape)}."
+        )
+    losses = F.cross_entropy(
+        logits.float(), labels.long(), reduction="none", ignore_index=-100, label_smoothing=label_smoothing
+    )
+    counted = (labels != -100).sum().clamp_min(1)
+    return (losses * weights.to(losses.dtype)).sum() / counted
+
+
 def multi_margin_penalty(
     features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor
 ) -> torch.Tensor:

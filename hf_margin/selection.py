@@ -1,11 +1,16 @@
-"""Pure batch selection: per-sample scores of a pool -> the indices to train on, and schedules.
+"""Pure batch selection: per-sample scores of a pool -> the indices to train on, schedules, and the
+cached-margin sampler that chooses from stored scores instead of a scoring forward.
 
 No framework state here: the trainer turns its state into arguments and calls these.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+
 import torch
+from torch.utils.data import Sampler
 
 from .margin import entropy_scores, minimal_margin_scores, per_sample_losses
 
@@ -80,3 +85,122 @@ def linear_ramp(start: float, end: float | None, step: int, total_steps: int) ->
         return start
     progress = min(max(step / total_steps, 0.0), 1.0)
     return start + (end - start) * progress
+
+
+# ---- cached margins: choose from each sample's latest MMS, with no scoring forward ----
+
+
+class MarginCache:
+    """
+    The latest minimal margin score of every training sample, keyed by dataset index: written from the
+    logits of the training forward (free), read to decide what to train on next. Unknown samples hold NaN.
+
+    Args:
+        num_samples (`int`): size of the training dataset.
+        device (`torch.device`, *optional*): where the scores live (the training device: updates need no
+            host synchronisation; a pass plan copies them to the CPU once).
+    """
+
+    def __init__(self, num_samples: int, device: torch.device | str | None = None):
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+        self.margins = torch.full((num_samples,), float("nan"), device=device)
+        self.updated_step = torch.full((num_samples,), -1, dtype=torch.long, device=device)
+
+    def __len__(self) -> int:
+        return self.margins.shape[0]
+
+    def update(self, indices: torch.Tensor, margins: torch.Tensor, step: int) -> None:
+        """Store `margins[j]` as the score of sample `indices[j]`, seen at optimizer step `step`."""
+        if indices.shape != margins.shape or indices.dim() != 1:
+            raise ValueError(f"indices and margins must be [B]; got {list(indices.shape)} and {list(margins.shape)}.")
+        indices = indices.to(self.margins.device, torch.long)
+        self.margins[indices] = margins.detach().to(self.margins.device, torch.float32)
+        self.updated_step[indices] = step
+
+    def known_share(self) -> float:
+        return self.margins.isnan().logical_not().float().mean().item()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"margins": self.margins.cpu(), "updated_step": self.updated_step.cpu()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state["margins"].shape != self.margins.shape:
+            raise ValueError(
+                f"the saved margin cache holds {state['margins'].shape[0]} samples but the train dataset has "
+                f"{len(self)}; resume with the same train_dataset."
+            )
+        self.margins.copy_(state["margins"])
+        self.updated_step.copy_(state["updated_step"])
+
+
+def plan_cached_pass(
+    margins: torch.Tensor, hard_fraction: float, easy_rate: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    One pass over the data in random order, keeping what is worth a training step:
+
+    - every sample whose margin is unknown (NaN): training it is what scores it;
+    - every *hard* sample: a known margin at or below the `hard_fraction` quantile of the known margins;
+    - each other (*easy*) sample with probability `easy_rate`, with loss weight `1 / easy_rate`, so the
+      expected gradient of a pass is that of a plain pass over all the data (unbiased), and easy samples'
+      margins are refreshed every `1 / easy_rate` passes on average.
+
+    Args:
+        margins (`torch.Tensor` of shape `[N]`): cached scores, NaN where unknown.
+        hard_fraction (`float`): in [0, 1]; 1 keeps every sample (a plain random pass).
+        easy_rate (`float`): in (0, 1].
+        generator (`torch.Generator`): CPU generator for the order and the coin flips.
+
+    Returns:
+        `(indices, weights)`: `LongTensor [M]` in training order and float32 `[M]`, `M <= N`.
+    """
+    _check_cached_args(hard_fraction, easy_rate)
+    margins = margins.detach().float().cpu()
+    order = torch.randperm(margins.shape[0], generator=generator)
+    coins = torch.rand(margins.shape[0], generator=generator)
+    scores = margins[order]
+    known = scores[~scores.isnan()]
+    hard = scores.isnan()
+    if known.numel():
+        rank = max(1, math.ceil(hard_fraction * known.numel()))
+        hard |= scores <= known.kthvalue(rank).values
+    kept = hard | (coins < easy_rate)
+    weights = torch.where(hard, 1.0, 1.0 / easy_rate)
+    return order[kept], weights[kept]
+
+
+class CachedMarginSampler(Sampler[tuple[int, float]]):
+    """
+    Yields `(dataset index, loss weight)` pairs, `len(cache)` of them per epoch, from consecutive
+    `plan_cached_pass` passes planned from the cache as it is when each pass starts. An epoch keeps its
+    usual length (so the Trainer's steps, epochs and schedule are unchanged) and spends it mostly on hard
+    samples. The order depends only on `seed`, the epoch and the cache, so processes with the same cache
+    draw the same stream.
+    """
+
+    def __init__(self, cache: MarginCache, hard_fraction: float, easy_rate: float, seed: int = 0):
+        _check_cached_args(hard_fraction, easy_rate)
+        self.cache, self.hard_fraction, self.easy_rate, self.seed = cache, hard_fraction, easy_rate, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __iter__(self) -> Iterator[tuple[int, float]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        remaining = len(self.cache)
+        while remaining > 0:
+            indices, weights = plan_cached_pass(self.cache.margins, self.hard_fraction, self.easy_rate, generator)
+            yield from zip(indices[:remaining].tolist(), weights[:remaining].tolist())
+            remaining -= min(remaining, indices.numel())
+
+
+def _check_cached_args(hard_fraction: float, easy_rate: float) -> None:
+    if not 0.0 <= hard_fraction <= 1.0:
+        raise ValueError(f"selection_hard_fraction must be in [0, 1], got {hard_fraction}.")
+    if not 0.0 < easy_rate <= 1.0:
+        raise ValueError(f"selection_easy_rate must be in (0, 1], got {easy_rate}.")

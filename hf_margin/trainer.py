@@ -10,24 +10,34 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import IterableDataset
+from torch.utils.data import Dataset, IterableDataset
 from transformers import Trainer
 from transformers.utils import logging
 
 from .config import MarginTrainingArguments
 from .heads import FeatureCapture, find_classifier
-from .margin import minimal_margin_scores, multi_margin_penalty
-from .selection import KEEP_LARGEST, linear_ramp, pool_scores, select_by_score, select_uniform
+from .margin import minimal_margin_scores, multi_margin_penalty, weighted_cross_entropy
+from .selection import (
+    KEEP_LARGEST,
+    CachedMarginSampler,
+    MarginCache,
+    linear_ramp,
+    pool_scores,
+    select_by_score,
+    select_uniform,
+)
 
 logger = logging.get_logger(__name__)
 
 _DEFAULTS = MarginTrainingArguments.__dataclass_fields__
 _LABEL_KEYS = ("labels", "label", "label_ids")
+# selection="mms_cached": the dataset index and loss weight of each sample, carried through the train loader
+INDEX_KEY, WEIGHT_KEY = "hf_margin_index", "hf_margin_weight"
 
 
 class MarginTrainer(Trainer):
@@ -40,6 +50,11 @@ class MarginTrainer(Trainer):
       the `batch` samples to keep are the only ones that reach the training forward and backward.
       One epoch scores every sample once, so it has `k` times fewer optimizer steps; `len()` of the
       train dataloader is the number of steps, and `max_steps`, epochs and the LR schedule follow.
+    - **Cached margins** (`selection="mms_cached"`): no pool and no scoring forward. The MMS of every
+      trained sample is computed from the logits of its training forward and kept, keyed by dataset
+      index (across epochs and in checkpoints); the train sampler spends each epoch on the samples
+      with unknown or small cached MMS and on a random `selection_easy_rate` share of the others,
+      whose loss is weighted by `1 / selection_easy_rate` (see `selection.plan_cached_pass`).
     - **MMR regularization** (`mmr_alpha > 0`): `alpha * multi_margin_penalty(...)` is added to the
       loss in `compute_loss`, with the features read by a forward pre-hook on the last linear layer.
 
@@ -51,8 +66,10 @@ class MarginTrainer(Trainer):
 
     Logged with the training loss (gathered over processes): `mms_train_mean` (mean MMS of the samples of the
     step before the log, at their training forward, whenever the head is found), `mms_pool_mean` and
-    `mms_selected_mean` (at scoring time), `scoring_time_share` (share of the wall time since the last
-    log spent choosing samples), `mmr_penalty`, `mmr_alpha`; on every log while training,
+    `mms_selected_mean` (at scoring time), `mms_cached_known_share` and `mms_cached_easy_share` (cached
+    selection: share of the dataset scored so far, share of trained samples drawn as easy),
+    `scoring_time_share` (share of the wall time since the last log spent choosing samples, or keeping
+    margins), `mmr_penalty`, `mmr_alpha`; on every log while training,
     `train_seconds` (wall time of training so far, evaluation excluded).
 
     Example:
@@ -74,6 +91,13 @@ class MarginTrainer(Trainer):
         self.loss_is_scaled_for_ga = self.compute_loss_func is not None
 
         self.selection = self._margin_arg("selection")
+        if self.selection == "mms_cached" and self.compute_loss_func is not None:
+            raise ValueError(
+                "selection='mms_cached' computes the (weighted) cross-entropy itself and cannot honour a "
+                "compute_loss_func; drop one of them."
+            )
+        self._cache: MarginCache | None = None  # selection="mms_cached": built with the train dataloader
+        self._cached_sampler: CachedMarginSampler | None = None
         self.mmr_on = self._margin_arg("mmr_alpha") > 0 or bool(self._margin_arg("mmr_alpha_end"))
         self._check_model()
         self._head_name, self._head = self._find_head()
@@ -115,7 +139,7 @@ class MarginTrainer(Trainer):
 
     def _find_head(self) -> tuple[str | None, nn.Linear | None]:
         model = self.accelerator.unwrap_model(self.model)
-        needed = self.selection == "mms" or self.mmr_on
+        needed = self.selection in ("mms", "mms_cached") or self.mmr_on
         try:
             name, head = find_classifier(model, self._margin_arg("classifier_name"))
         except ValueError:
@@ -141,20 +165,27 @@ class MarginTrainer(Trainer):
                     "(an IterableDataset has no pools to draw from); use selection='none' or a map-style dataset."
                 )
             pool, world = self.selection_pool_size, self.args.world_size
-            if pool * world > len(dataset):
+            if self.selection != "mms_cached" and pool * world > len(dataset):
                 raise ValueError(
                     f"selection_oversample: the scoring pool of {pool} samples per process x {world} process(es) "
                     f"is larger than the train dataset ({len(dataset)} samples); lower selection_oversample or "
                     "per_device_train_batch_size."
                 )
-        if (self.selection == "loss" or self.mmr_on) and hasattr(dataset, "__getitem__") and _has_length(dataset):
+        needs_labels = self.selection in ("loss", "mms_cached") or self.mmr_on
+        if needs_labels and hasattr(dataset, "__getitem__") and _has_length(dataset):
             first = dataset[0]
+            if self.selection == "mms_cached" and not isinstance(first, Mapping):
+                raise ValueError(
+                    "selection='mms_cached' needs samples that are dicts (it adds each sample's index to it); "
+                    f"the train dataset returns {type(first).__name__}."
+                )
             label_keys = set(_LABEL_KEYS) | set(self.label_names)
             if isinstance(first, Mapping) and not label_keys & set(first):
-                field_name = "selection" if self.selection == "loss" else "mmr_alpha"
+                field_name = "mmr_alpha" if self.selection not in ("loss", "mms_cached") else "selection"
+                what = {"loss": "hard-negative mining", "mms_cached": "cached selection's weighted loss"}
                 raise ValueError(
-                    f"{field_name}: {'hard-negative mining' if self.selection == 'loss' else 'MMR'} needs labels, "
-                    f"but the train dataset's samples have none of {sorted(label_keys)} (keys: {sorted(first)})."
+                    f"{field_name}: {what.get(self.selection, 'MMR')} needs labels, but the train dataset's "
+                    f"samples have none of {sorted(label_keys)} (keys: {sorted(first)})."
                 )
 
     # ---- selection: the dataloader yields pools, `get_batch_samples` keeps `batch` of each ----
@@ -175,6 +206,8 @@ class MarginTrainer(Trainer):
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
         self._check_train_dataset(self.train_dataset)
+        if self.selection == "mms_cached":
+            return self._get_cached_train_dataloader()
         return self._get_dataloader(
             dataset=self.train_dataset,
             description="Training",
@@ -183,13 +216,48 @@ class MarginTrainer(Trainer):
             is_training=True,
         )
 
+    def _get_cached_train_dataloader(self):
+        """
+        `Trainer`'s loader over the train dataset with each sample tagged by its index and loss weight, drawn
+        by a `CachedMarginSampler` over the margin cache (kept if the dataset keeps its length).
+        """
+        dataset = self.train_dataset
+        if self._cache is None or len(self._cache) != len(dataset):
+            self._cache = MarginCache(len(dataset), self.args.device)
+        # Keep the tags through `remove_unused_columns` and past the user's collator, which never sees them.
+        self._set_signature_columns_if_needed()
+        self._signature_columns = [*self._signature_columns, INDEX_KEY, WEIGHT_KEY]
+        user_collator = self.data_collator
+        self.data_collator = _TaggedCollator(user_collator)  # `_get_dataloader` reads the collator from here
+        try:
+            return self._get_dataloader(
+                dataset=_TaggedDataset(dataset),
+                description="Training",
+                batch_size=self._train_batch_size,
+                sampler_fn=self._get_train_sampler,
+                is_training=True,
+            )
+        finally:
+            self.data_collator = user_collator
+
+    def _get_train_sampler(self, train_dataset: Dataset | None = None):
+        if self.selection != "mms_cached":
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        self._cached_sampler = CachedMarginSampler(
+            self._cache, self._margin_arg("selection_hard_fraction"), self._margin_arg("selection_easy_rate"), seed
+        )
+        return self._cached_sampler
+
     def get_batch_samples(
         self, epoch_iterator: Iterator, num_batches: int, device: torch.device
     ) -> tuple[list, torch.Tensor | int | None]:
         """Draw `num_batches` pools and keep the selected samples of each (the Trainer's prefetch hook)."""
         if self._train_clock is not None:
             self._train_clock.start_once()
-        if self.selection == "none":
+        if self._cached_sampler is not None and not self._selecting_now():
+            self._cached_sampler.hard_fraction = 1.0  # plain passes from the next pass on
+        if self.selection in ("none", "mms_cached"):
             return super().get_batch_samples(epoch_iterator, num_batches, device)
         batch_samples = []
         for _ in range(num_batches):
@@ -205,10 +273,12 @@ class MarginTrainer(Trainer):
         return batch_samples, self._get_num_items_in_batch(batch_samples, device)
 
     def _select_from_pool(self, pool: dict[str, Any]) -> dict[str, Any]:
-        start = time.perf_counter()
-        pool = self._prepare_inputs(pool)
         pool_size = _batch_length(pool)
         keep = min(self._train_batch_size, pool_size)
+        if not self._selecting_now():  # the pool is a uniform draw, so its first `keep` samples are one too
+            return _index_batch(pool, torch.arange(keep), pool_size)
+        start = time.perf_counter()
+        pool = self._prepare_inputs(pool)
         if self.selection == "uniform":
             indices = select_uniform(pool_size, keep, self._generator)
         else:
@@ -227,6 +297,17 @@ class MarginTrainer(Trainer):
         self._scoring_seconds_window += elapsed
         return batch
 
+    def _selecting_now(self) -> bool:
+        """Whether this optimizer step selects (`selection_until` of `max_steps` not yet reached)."""
+        until = self._margin_arg("selection_until")
+        return until >= 1.0 or self.state.global_step < until * self.state.max_steps
+
+    def _scoring_autocast(self):
+        dtype = self._margin_arg("selection_scoring_dtype")
+        if dtype is None:
+            return self.accelerator.autocast()
+        return torch.autocast(device_type=self.args.device.type, dtype=getattr(torch, dtype))
+
     @torch.inference_mode()
     def _score_pool(self, pool: dict[str, Any]) -> torch.Tensor:
         """Logits `[P, C]` of a pool from one forward without labels, in eval mode unless configured not to."""
@@ -235,7 +316,7 @@ class MarginTrainer(Trainer):
         was_training = model.training
         model.train(not self._margin_arg("selection_eval_mode"))
         try:
-            with self.compute_loss_context_manager(), self.accelerator.autocast():
+            with self.compute_loss_context_manager(), self._scoring_autocast():
                 outputs = model(**inputs)
         finally:
             model.train(was_training)
@@ -256,20 +337,35 @@ class MarginTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
+        tags = None
+        if INDEX_KEY in inputs:  # a batch of the cached selection's train loader
+            inputs = dict(inputs)
+            tags = inputs.pop(INDEX_KEY), inputs.pop(WEIGHT_KEY)
         trace = self._head is not None and self._traces_this_step()
-        if not model.training or (self._capture is None and not trace):
+        if not model.training or (self._capture is None and not trace and tags is None):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = _find_labels(inputs, self.label_names)  # before `Trainer.compute_loss` pops them
-        if self._capture is None:
+        with self._capture.capture() if self._capture is not None else nullcontext():
             loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-        else:
-            with self._capture.capture():
-                loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[1]
         weight = self._head.weight
+        mms = None
+        if tags is not None:
+            if labels is None:
+                raise ValueError("selection='mms_cached' needs labels, and this training batch has none.")
+            start = time.perf_counter()
+            mms = minimal_margin_scores(logits, weight)
+            self._update_cache(tags[0], mms)
+            self._buffered["mms_cached_easy_share"].append((tags[1] != 1).float().mean())
+            # the rescaled easy samples make this loss an unbiased estimate of the full data's
+            loss = weighted_cross_entropy(logits, labels, tags[1], self.args.label_smoothing_factor)
+            elapsed = time.perf_counter() - start
+            self._scoring_seconds += elapsed
+            self._scoring_seconds_window += elapsed
         if trace:
             with torch.no_grad():
-                self._buffered["mms_train_mean"].append(minimal_margin_scores(logits, weight).mean())
+                mms = minimal_margin_scores(logits, weight) if mms is None else mms
+                self._buffered["mms_train_mean"].append(mms.mean())
 
         if self._capture is not None:
             if labels is None:
@@ -284,6 +380,13 @@ class MarginTrainer(Trainer):
             self._buffered["mmr_penalty"].append(penalty.detach())
             self._buffered["mmr_alpha"].append(alpha)
         return (loss, outputs) if return_outputs else loss
+
+    def _update_cache(self, indices: torch.Tensor, mms: torch.Tensor) -> None:
+        """Store the batch's MMS; with several processes every one stores every process's, so caches agree."""
+        indices = indices.to(mms.device)
+        if self.args.world_size > 1:
+            indices, mms = self.accelerator.gather((indices, mms))
+        self._cache.update(indices, mms, self.state.global_step)
 
     def _traces_this_step(self) -> bool:
         """The MMS trace is read on the optimizer step just before each training log, not on every step."""
@@ -331,6 +434,8 @@ class MarginTrainer(Trainer):
                     stacked = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device) for v in values])
                     logs[key] = self.accelerator.gather(stacked).mean().item()
             self._buffered.clear()
+            if self._cache is not None:
+                logs["mms_cached_known_share"] = round(self._cache.known_share(), 4)
             if self.selection != "none" and now is not None:
                 if self._window_start is None:
                     self._window_start = self._train_clock.offset
@@ -350,7 +455,13 @@ class MarginTrainer(Trainer):
             logs["selection_time_share"] = round(score_share, 4)
             logs["pool_loading_time_share"] = round(load_share, 4)
             logs["break_even_step_ratio"] = round(ratio, 4)
-            if self.is_world_process_zero():
+            if self.is_world_process_zero() and self.selection == "mms_cached":
+                print(
+                    f"hf_margin: selection=mms_cached spent {100 * score_share:.1f}% of training time keeping "
+                    f"margins; it saves wall-clock time if it reaches its target in fewer than {100 * ratio:.0f}% "
+                    "of the optimizer steps that training without selection needs."
+                )
+            elif self.is_world_process_zero():
                 k = self._margin_arg("selection_oversample")
                 print(
                     f"hf_margin: selection={self.selection} k={k:g} spent {100 * score_share:.1f}% of training time "
@@ -368,7 +479,7 @@ class MarginTrainer(Trainer):
         so the ratio is `1 - score_share - load_share * (k - 1) / k`.
         """
         seconds = max(seconds, 1e-9)
-        k = self._margin_arg("selection_oversample")
+        k = 1.0 if self.selection == "mms_cached" else self._margin_arg("selection_oversample")  # no pool
         score_share, load_share = scoring / seconds, loading / seconds
         return score_share, load_share, max(1.0 - score_share - load_share * (k - 1) / k, 0.0)
 
@@ -380,6 +491,8 @@ class MarginTrainer(Trainer):
             "scoring_seconds": self._scoring_seconds,
             "loading_seconds": self._loading_seconds,
         }
+        if self._cache is not None:
+            state["margin_cache"] = self._cache.state_dict()
         torch.save(state, os.path.join(output_dir, f"margin_state_{self.args.process_index}.pt"))
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
@@ -394,6 +507,10 @@ class MarginTrainer(Trainer):
         self._generator.set_state(state["generator"])
         self._scoring_seconds = float(state["scoring_seconds"])
         self._loading_seconds = float(state["loading_seconds"])
+        if "margin_cache" in state and self.selection == "mms_cached":
+            if self._cache is None:
+                self._cache = MarginCache(state["margin_cache"]["margins"].shape[0], self.args.device)
+            self._cache.load_state_dict(state["margin_cache"])
 
 
 class _TrainClock:
@@ -463,3 +580,44 @@ def _index_batch(batch: Mapping[str, Any], indices: torch.Tensor, pool_size: int
         else:
             kept[key] = value
     return kept
+
+
+class _TaggedDataset(Dataset):
+    """The train dataset read with `(index, weight)` keys from `CachedMarginSampler`, each sample tagged with both."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, float]) -> dict[str, Any]:
+        return _tag(self.dataset[key[0]], *key)
+
+    def __getitems__(self, keys: list[tuple[int, float]]) -> list[dict[str, Any]]:
+        indices = [index for index, _ in keys]
+        getitems = getattr(self.dataset, "__getitems__", None)  # a batched read, when the dataset has one
+        samples = getitems(indices) if getitems is not None else [self.dataset[i] for i in indices]
+        return [_tag(sample, *key) for sample, key in zip(samples, keys)]
+
+
+def _tag(sample: Any, index: int, weight: float) -> dict[str, Any]:
+    if not isinstance(sample, Mapping):
+        raise ValueError(
+            f"selection='mms_cached' needs samples that are dicts; the train dataset returned {type(sample).__name__}."
+        )
+    return {**sample, INDEX_KEY: index, WEIGHT_KEY: weight}
+
+
+class _TaggedCollator:
+    """Collates the samples without their tags with the user's collator, then adds the tags as tensors."""
+
+    def __init__(self, collate: Any):
+        self.collate = collate
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        index = torch.tensor([f[INDEX_KEY] for f in features], dtype=torch.long)
+        weight = torch.tensor([f[WEIGHT_KEY] for f in features], dtype=torch.float32)
+        batch = self.collate([{k: v for k, v in f.items() if k not in (INDEX_KEY, WEIGHT_KEY)} for f in features])
+        batch[INDEX_KEY], batch[WEIGHT_KEY] = index, weight
+        return batch

@@ -3,6 +3,7 @@
     python -m tasks.benchmark overhead [--quick]              # step-time ratios, printed last and saved
     python -m tasks.benchmark tta --setting fmnist [--quick]  # time to accuracy: selection x k x seeds
     python -m tasks.benchmark mmr --setting mrpc [--quick]    # MMR accuracy: baseline, constant, ramp
+    python -m tasks.benchmark early --setting fmnist_long     # early LR drop on a 0.4x run vs the full baseline
     python -m tasks.benchmark report                          # BENCHMARKS.md from tasks/results/*.json
 
 Every run is a real recipe run (`tasks.image` or `tasks.glue`) in `runs/bench/<setting>/<run>/`; a run
@@ -70,6 +71,17 @@ SETTINGS: dict[str, Setting] = {
         "Fashion-MNIST, 10,000-image train subset, 2,000 test images; CIFAR ResNet-20 (1 channel), batch 64, "
         "SGD lr 0.05 cosine, 400 steps.",
     ),
+    # CPU scale, trained to a plateau: 1,200 steps of batch 64 = 7.7 passes over the same 10k subset (~2.5 min)
+    "fmnist_long": _image(
+        "fashion_mnist",
+        "cifar_resnet20",
+        "--max_train_samples 10000 --max_eval_samples 2000 --per_device_train_batch_size 64 --max_steps 1200 "
+        "--eval_steps 100 --learning_rate 0.1 --warmup_steps 40 --lr_scheduler_type cosine "
+        "--optim sgd --optim_args momentum=0.9 --weight_decay 5e-4",
+        _QUICK_IMAGE,
+        "Fashion-MNIST, 10,000-image train subset, 2,000 test images; CIFAR ResNet-20 (1 channel), batch 64, "
+        "SGD lr 0.1 (40 warm-up steps) cosine, weight decay 5e-4, 1,200 steps (7.7 passes).",
+    ),
     # seconds-scale: scikit-learn's digits (used by the tests of this module)
     "digits": _image(
         "digits",
@@ -96,6 +108,15 @@ SETTINGS: dict[str, Setting] = {
         _QUICK_GLUE,
         "GLUE MRPC (3,668 train / 408 dev), pretrained all-MiniLM-L6-v2, batch 32, seq 128, AdamW 5e-5, 120 steps.",
     ),
+    # the usual GLUE fine-tuning length: 3 epochs of MRPC (345 steps, ~9 min on 2 CPU threads)
+    "mrpc_3ep": _glue(
+        "mrpc",
+        "--per_device_train_batch_size 32 --max_seq_length 128 --max_steps 345 --eval_steps 23 "
+        "--learning_rate 5e-5 --warmup_steps 35",
+        _QUICK_GLUE,
+        "GLUE MRPC (3,668 train / 408 dev), pretrained all-MiniLM-L6-v2, batch 32, seq 128, AdamW 5e-5, "
+        "345 steps (3 epochs).",
+    ),
     "rte": _glue(
         "rte",
         "--per_device_train_batch_size 32 --max_seq_length 128 --max_steps 120 --eval_steps 20 "
@@ -121,7 +142,36 @@ def tta_variants(ks: list[float]) -> dict[str, list[str]]:
     for k in ks:
         for criterion in ("uniform", "mms", "loss", "entropy"):
             variants[f"{criterion}_k{k:g}"] = ["--selection", criterion, "--selection_oversample", f"{k:g}"]
+    variants.update(CHEAP_VARIANTS)
     return variants
+
+
+# Issue 5's cheaper selection (run with --only). Cached margins (no pool, no scoring forward): the hard share
+# h is always trained, easy samples at rate r with loss x 1/r; a pass costs h + (1 - h) r of a full pass:
+# 0.625 for the defaults, 0.325 for h25_r10. `_bf16` scores the pool under bf16 autocast; `_until50` selects
+# for the first half of the steps only.
+CHEAP_VARIANTS = {
+    "mms_cached": ["--selection", "mms_cached"],
+    "mms_cached_h25_r10": [
+        "--selection", "mms_cached", "--selection_hard_fraction", "0.25", "--selection_easy_rate", "0.1"
+    ],
+    "mms_k2_bf16": ["--selection", "mms", "--selection_oversample", "2", "--selection_scoring_dtype", "bfloat16"],
+    "mms_k4_bf16": ["--selection", "mms", "--selection_oversample", "4", "--selection_scoring_dtype", "bfloat16"],
+    "mms_k2_bf16_until50": [
+        "--selection", "mms", "--selection_oversample", "2", "--selection_scoring_dtype", "bfloat16",
+        "--selection_until", "0.5",
+    ],
+}  # fmt: skip
+
+# The seeds' early learning-rate drop (drops at 80/87.5/95% of the run, as the ResNet-44 preset's 32/35/38
+# of 40 epochs) on a run 0.4x as long, against the baseline's full run with drops at 50/75%.
+_FULL_DROPS = ["--lr_scheduler_type", "constant", "--lr_drop_unit", "fraction", "--lr_drops", "0.5,0.75"]
+_EARLY_DROPS = ["--lr_scheduler_type", "constant", "--lr_drop_unit", "fraction", "--lr_drops", "0.8,0.875,0.95"]
+EARLY_DROP_VARIANTS = {
+    "baseline": _FULL_DROPS,
+    "baseline_early_0.4x": [*_EARLY_DROPS, "--max_steps", "480"],
+    "mms_k4_bf16_early_0.4x": [*_EARLY_DROPS, "--max_steps", "480", *CHEAP_VARIANTS["mms_k4_bf16"]],
+}
 
 
 MMR_VARIANTS = {
@@ -258,7 +308,11 @@ def save_result(kind: str, setting_name: str, payload: dict[str, Any], command: 
 
 def cmd_grid(kind: str, args: argparse.Namespace) -> None:
     setting = SETTINGS[args.setting]
-    variants = tta_variants(args.ks) if kind == "tta" else MMR_VARIANTS
+    variants = {
+        "tta": lambda: tta_variants(args.ks),
+        "mmr": lambda: MMR_VARIANTS,
+        "early": lambda: EARLY_DROP_VARIANTS,
+    }[kind]()
     if args.only:
         variants = {k: v for k, v in variants.items() if k in set(args.only) | {"baseline"}}
     if args.model_name_or_path:
@@ -296,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     over = sub.add_parser("overhead", help="step-time ratios: MarginTrainer off vs Trainer, MMR, scoring cost")
     over.add_argument("--quick", action="store_true")
     over.add_argument("--model_name_or_path", default=None, help="MiniLM directory (default: the package's)")
-    for kind in ("tta", "mmr"):
+    for kind in ("tta", "mmr", "early"):
         p = sub.add_parser(kind)
         p.add_argument("--setting", choices=sorted(SETTINGS), required=True)
         p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -315,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
         from tasks.bench_overhead import run_overhead
 
         run_overhead(quick=args.quick, model_path=args.model_name_or_path)
-    elif args.command in ("tta", "mmr"):
+    elif args.command in ("tta", "mmr", "early"):
         cmd_grid(args.command, args)
     else:
         from tasks.bench_report import render_report

@@ -14,7 +14,9 @@ from hf_margin import MarginTrainer, MarginTrainingArguments  # noqa: E402
 from tests.conftest import TinyTextDataset, tiny_bert  # noqa: E402
 
 
-def main(out_dir: str) -> None:
+def main(out_dir: str, mode: str = "mms") -> None:
+    if mode == "mms_cached":
+        return cached(out_dir)
     model = tiny_bert()
     calls = []
 
@@ -47,5 +49,29 @@ def main(out_dir: str) -> None:
     Path(out_dir, f"rank{args.process_index}.json").write_text(json.dumps(result))
 
 
+def cached(out_dir: str) -> None:
+    """Cached selection: 12 steps of 2 x 4 cover the 96 samples once; every process must hold the same cache."""
+    args = MarginTrainingArguments(
+        output_dir=out_dir,
+        per_device_train_batch_size=4,
+        selection="mms_cached",
+        max_steps=14,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    trainer = MarginTrainer(model=tiny_bert(), args=args, train_dataset=TinyTextDataset(n=96))
+    trainer.train()
+    result = {
+        "rank": args.process_index,
+        "global_step": trainer.state.global_step,
+        "margins": trainer._cache.margins.tolist(),
+        "updated_step": trainer._cache.updated_step.tolist(),
+    }
+    Path(out_dir, f"rank{args.process_index}.json").write_text(json.dumps(result))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

@@ -13,13 +13,19 @@ import pytest
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-@pytest.mark.slow
-def test_two_process_torchrun_selects_per_process(tmp_path):
+def _torchrun(tmp_path, *worker_args: str) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
-    proc = subprocess.run([*cmd, str(WORKER), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*cmd, str(WORKER), str(tmp_path), *worker_args], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_selects_per_process(tmp_path):
+    ranks = _torchrun(tmp_path)
     pools = []
     for result in ranks:
         assert result["world_size"] == 2 and result["global_step"] == 3
@@ -36,3 +42,12 @@ def test_two_process_torchrun_selects_per_process(tmp_path):
     assert [h["mms_pool_mean"] for h in ranks[0]["logs"] if "loss" in h] == [
         h["mms_pool_mean"] for h in ranks[1]["logs"] if "loss" in h
     ]
+
+
+@pytest.mark.slow
+def test_two_process_cached_selection_shares_one_cache(tmp_path):
+    ranks = _torchrun(tmp_path, "mms_cached")
+    assert [r["global_step"] for r in ranks] == [14, 14]
+    assert ranks[0]["margins"] == ranks[1]["margins"]  # every process stores every process's margins
+    assert ranks[0]["updated_step"] == ranks[1]["updated_step"]
+    assert all(step >= 0 for step in ranks[0]["updated_step"])  # 12 steps of 2 x 4 scored all 96 samples

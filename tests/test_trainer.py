@@ -143,6 +143,43 @@ def test_timm_mms_through_the_same_trainer(tmp_path, image_data):
     assert int(model.timm_model.bn1.num_batches_tracked) == 3
 
 
+def test_bf16_scoring_ranks_the_pool_on_bf16_logits_and_trains_in_fp32(tmp_path, text_data):
+    model = tiny_bert(num_labels=3, dropout=0.0)
+    dtypes = []
+    model.register_forward_hook(lambda m, a, kw, out: dtypes.append(out.logits.dtype), with_kwargs=True)
+    recorder = ForwardRecorder(model, "input_ids", model.classifier)
+    args = margin_args(
+        tmp_path, selection="mms", selection_oversample=4, max_steps=3, selection_scoring_dtype="bfloat16"
+    )
+    MarginTrainer(model=model, args=args, train_dataset=TinyTextDataset(num_labels=3)).train()
+    assert dtypes == [torch.bfloat16, torch.float32] * 3
+    _check_selected(recorder, "mms", keep=8)  # the smallest MMS of the bf16 logits
+
+
+def test_selection_until_stops_selecting_after_that_share_of_the_steps(tmp_path, text_data):
+    model = tiny_bert()
+    scoring = []
+    model.register_forward_hook(
+        lambda m, a, kw, out: scoring.append(torch.is_inference_mode_enabled()), with_kwargs=True
+    )
+    args = margin_args(tmp_path, selection="mms", selection_oversample=2, max_steps=48, selection_until=0.25)
+    trainer = MarginTrainer(model=model, args=args, train_dataset=text_data)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert scoring == [True, False] * 12 + [False] * 36  # 12 selecting steps, then plain batches
+    assert all("mms_pool_mean" in h for h in logs[:12]) and not any("mms_pool_mean" in h for h in logs[12:])
+
+
+def test_cached_selection_until_returns_to_plain_passes(tmp_path, text_data):
+    # epoch 0 (steps 0-31) is the unknown-sample pass; epoch 1's first pass is planned at step 32, while
+    # selecting (until 0.5 x 80 = step 40); every pass planned after step 40, such as epoch 2's, is plain
+    args = margin_args(tmp_path, selection="mms_cached", max_steps=80, selection_until=0.5)
+    trainer = MarginTrainer(model=tiny_bert(), args=args, train_dataset=text_data)
+    trainer.train()
+    easy = [h["mms_cached_easy_share"] for h in trainer.state.log_history if "loss" in h]
+    assert len(easy) == 80 and not any(easy[:32]) and any(easy[32:40]) and not any(easy[64:])
+
+
 def test_uniform_selection_draws_distinct_pool_members(tmp_path, text_data):
     model = tiny_bert()
     seen = []
@@ -314,6 +351,8 @@ class Stream(torch.utils.data.IterableDataset):
         (dict(selection="hardest"), "selection"),
         (dict(mmr_alpha=-1.0), "mmr_alpha"),
         (dict(mmr_alpha_end=-1.0), "mmr_alpha_end"),
+        (dict(selection_scoring_dtype="int8"), "selection_scoring_dtype"),
+        (dict(selection_until=0.0), "selection_until"),
     ],
 )
 def test_bad_arguments(tmp_path, overrides, match):
