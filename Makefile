@@ -24,7 +24,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q --durations=10
 
-# The CPU benchmark suite (a couple of hours on 2 cores; resumable), then BENCHMARKS.md.
+# The CPU benchmark suite (about five hours on 2 cores; resumable), then BENCHMARKS.md.
 bench: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m tasks.benchmark overhead
 	$(OFFLINE) $(BIN)/python -m tasks.benchmark tta --setting fmnist --seeds 0 --ks 2 4 10
@@ -32,12 +32,22 @@ bench: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m tasks.benchmark mmr --setting fmnist --seeds 0 1 2
 	$(OFFLINE) $(BIN)/python -m tasks.benchmark tta --setting mrpc --seeds 0 --ks 2 --only mms_k2
 	$(OFFLINE) $(BIN)/python -m tasks.benchmark mmr --setting mrpc --seeds 0
+	# issue 5: cheaper selection (cached margins, bf16 scoring), at equal steps and on compressed schedules
+	$(OFFLINE) $(BIN)/python -m tasks.benchmark tta --setting fmnist --tag issue5 --only mms_cached mms_cached_h25_r10 mms_k2_bf16 mms_k4_bf16
+	$(OFFLINE) $(BIN)/python -m tasks.benchmark tta --setting fmnist_long --tag issue5 --only mms_cached mms_cached_h25_r10 mms_k2_bf16
+	$(OFFLINE) $(BIN)/python -m tasks.benchmark short --setting fmnist_long
+	$(OFFLINE) $(BIN)/python -m tasks.benchmark short --setting mrpc_3ep --seeds 0
+	$(OFFLINE) $(BIN)/python -m tasks.benchmark early --setting fmnist_long --seeds 0
+	$(OFFLINE) $(BIN)/python -m tasks.benchmark tta --setting mrpc --tag issue5 --only mms_k2_bf16
 	$(OFFLINE) $(BIN)/python -m tasks.benchmark report
 
 # Minutes: every benchmark path on tiny subsets (results go to tasks/results/*_quick_*.json).
 bench-quick: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m tasks.benchmark tta --setting fmnist --quick --seeds 0 --ks 4
 	$(OFFLINE) $(BIN)/python -m tasks.benchmark mmr --setting fmnist --quick --seeds 0
+	$(OFFLINE) $(BIN)/python -m tasks.benchmark tta --setting fmnist --quick --seeds 0 --only mms_cached mms_k2_bf16
+	$(OFFLINE) $(BIN)/python -m tasks.benchmark early --setting fmnist_long --quick --seeds 0
+	$(OFFLINE) $(BIN)/python -m tasks.benchmark short --setting fmnist_long --quick --seeds 0
 
 lint: $(STAMP)
 	$(BIN)/ruff check hf_margin tasks tests

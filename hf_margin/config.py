@@ -62,6 +62,13 @@ class MarginTrainingArguments(TrainingArguments):
             "and left untouched), then restore its mode. False scores in train mode."
         },
     )
+    selection_easy_rescale: bool = field(
+        default=True,
+        metadata={
+            "help": "selection='mms_cached': weight the loss of easy samples by 1 / selection_easy_rate (unbiased). "
+            "False keeps their weight 1: a biased focus on the hard samples, like the papers' selection."
+        },
+    )
     selection_scoring_dtype: str | None = field(
         default=None,
         metadata={
@@ -111,6 +118,11 @@ class MarginTrainingArguments(TrainingArguments):
             raise ValueError(f"selection_hard_fraction must be in [0, 1], got {self.selection_hard_fraction}.")
         if not 0.0 < self.selection_easy_rate <= 1.0:
             raise ValueError(f"selection_easy_rate must be in (0, 1], got {self.selection_easy_rate}.")
+        if self.selection == "mms_cached" and self.train_sampling_strategy != "random":
+            raise ValueError(
+                f"selection='mms_cached' draws its own random passes and replaces the train sampler; "
+                f"train_sampling_strategy={self.train_sampling_strategy!r} cannot apply: leave it 'random'."
+            )
         if self.selection_scoring_dtype not in (None, "bfloat16", "float16"):
             raise ValueError(
                 f"selection_scoring_dtype must be None, 'bfloat16' or 'float16', got {self.selection_scoring_dtype!r}."

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import Sampler
@@ -134,9 +135,15 @@ class MarginCache:
         self.updated_step.copy_(state["updated_step"])
 
 
+class CachedPass(NamedTuple):
+    indices: torch.Tensor  # LongTensor [M]: dataset indices, in training order
+    weights: torch.Tensor  # float32 [M]: loss weights
+    easy: torch.Tensor  # bool [M]: drawn as easy (known margin above the hard quantile)
+
+
 def plan_cached_pass(
-    margins: torch.Tensor, hard_fraction: float, easy_rate: float, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
+    margins: torch.Tensor, hard_fraction: float, easy_rate: float, generator: torch.Generator, rescale: bool = True
+) -> CachedPass:
     """
     One pass over the data in random order, keeping what is worth a training step:
 
@@ -144,16 +151,18 @@ def plan_cached_pass(
     - every *hard* sample: a known margin at or below the `hard_fraction` quantile of the known margins;
     - each other (*easy*) sample with probability `easy_rate`, with loss weight `1 / easy_rate`, so the
       expected gradient of a pass is that of a plain pass over all the data (unbiased), and easy samples'
-      margins are refreshed every `1 / easy_rate` passes on average.
+      margins are refreshed every `1 / easy_rate` passes on average. With `rescale=False` easy samples keep
+      weight 1: a biased focus on hard samples, as in the papers' selection.
 
     Args:
         margins (`torch.Tensor` of shape `[N]`): cached scores, NaN where unknown.
         hard_fraction (`float`): in [0, 1]; 1 keeps every sample (a plain random pass).
         easy_rate (`float`): in (0, 1].
         generator (`torch.Generator`): CPU generator for the order and the coin flips.
+        rescale (`bool`, *optional*, defaults to `True`): weight kept easy samples by `1 / easy_rate`.
 
     Returns:
-        `(indices, weights)`: `LongTensor [M]` in training order and float32 `[M]`, `M <= N`.
+        [`CachedPass`] `(indices, weights, easy)` of the `M <= N` samples kept, in training order.
     """
     _check_cached_args(hard_fraction, easy_rate)
     margins = margins.detach().float().cpu()
@@ -166,8 +175,8 @@ def plan_cached_pass(
         rank = max(1, math.ceil(hard_fraction * known.numel()))
         hard |= scores <= known.kthvalue(rank).values
     kept = hard | (coins < easy_rate)
-    weights = torch.where(hard, 1.0, 1.0 / easy_rate)
-    return order[kept], weights[kept]
+    weights = torch.where(hard, 1.0, 1.0 / easy_rate if rescale else 1.0)
+    return CachedPass(order[kept], weights[kept], ~hard[kept])
 
 
 class CachedMarginSampler(Sampler[tuple[int, float]]):
@@ -179,10 +188,14 @@ class CachedMarginSampler(Sampler[tuple[int, float]]):
     draw the same stream.
     """
 
-    def __init__(self, cache: MarginCache, hard_fraction: float, easy_rate: float, seed: int = 0):
+    def __init__(
+        self, cache: MarginCache, hard_fraction: float, easy_rate: float, seed: int = 0, rescale: bool = True
+    ):
         _check_cached_args(hard_fraction, easy_rate)
         self.cache, self.hard_fraction, self.easy_rate, self.seed = cache, hard_fraction, easy_rate, seed
+        self.rescale = rescale
         self.epoch = 0
+        self.draws = self.easy_draws = 0  # counted as drawn (the loader may draw a batch ahead of training)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -194,9 +207,19 @@ class CachedMarginSampler(Sampler[tuple[int, float]]):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         remaining = len(self.cache)
         while remaining > 0:
-            indices, weights = plan_cached_pass(self.cache.margins, self.hard_fraction, self.easy_rate, generator)
-            yield from zip(indices[:remaining].tolist(), weights[:remaining].tolist())
-            remaining -= min(remaining, indices.numel())
+            planned = plan_cached_pass(self.cache.margins, self.hard_fraction, self.easy_rate, generator, self.rescale)
+            kept = planned.indices[:remaining].tolist(), planned.weights[:remaining].tolist()
+            for index, weight, easy in zip(*kept, planned.easy[:remaining].tolist()):
+                self.draws += 1
+                self.easy_draws += easy
+                yield index, weight
+            remaining -= len(kept[0])
+
+    def pop_easy_share(self) -> float | None:
+        """Share of the draws since the last call that were easy samples (None if none were drawn)."""
+        share = self.easy_draws / self.draws if self.draws else None
+        self.draws = self.easy_draws = 0
+        return share
 
 
 def _check_cached_args(hard_fraction: float, easy_rate: float) -> None:

@@ -67,7 +67,7 @@ class MarginTrainer(Trainer):
     Logged with the training loss (gathered over processes): `mms_train_mean` (mean MMS of the samples of the
     step before the log, at their training forward, whenever the head is found), `mms_pool_mean` and
     `mms_selected_mean` (at scoring time), `mms_cached_known_share` and `mms_cached_easy_share` (cached
-    selection: share of the dataset scored so far, share of trained samples drawn as easy),
+    selection: share of the dataset scored so far, share of the samples drawn since the last log that were easy),
     `scoring_time_share` (share of the wall time since the last log spent choosing samples, or keeping
     margins), `mmr_penalty`, `mmr_alpha`; on every log while training,
     `train_seconds` (wall time of training so far, evaluation excluded).
@@ -245,7 +245,11 @@ class MarginTrainer(Trainer):
             return super()._get_train_sampler(train_dataset)
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         self._cached_sampler = CachedMarginSampler(
-            self._cache, self._margin_arg("selection_hard_fraction"), self._margin_arg("selection_easy_rate"), seed
+            self._cache,
+            self._margin_arg("selection_hard_fraction"),
+            self._margin_arg("selection_easy_rate"),
+            seed,
+            rescale=self._margin_arg("selection_easy_rescale"),
         )
         return self._cached_sampler
 
@@ -356,7 +360,6 @@ class MarginTrainer(Trainer):
             start = time.perf_counter()
             mms = minimal_margin_scores(logits, weight)
             self._update_cache(tags[0], mms)
-            self._buffered["mms_cached_easy_share"].append((tags[1] != 1).float().mean())
             # the rescaled easy samples make this loss an unbiased estimate of the full data's
             loss = weighted_cross_entropy(logits, labels, tags[1], self.args.label_smoothing_factor)
             elapsed = time.perf_counter() - start
@@ -436,6 +439,9 @@ class MarginTrainer(Trainer):
             self._buffered.clear()
             if self._cache is not None:
                 logs["mms_cached_known_share"] = round(self._cache.known_share(), 4)
+                easy_share = self._cached_sampler.pop_easy_share() if self._cached_sampler is not None else None
+                if easy_share is not None:
+                    logs["mms_cached_easy_share"] = round(easy_share, 4)
             if self.selection != "none" and now is not None:
                 if self._window_start is None:
                     self._window_start = self._train_clock.offset

@@ -37,17 +37,18 @@ def test_weighted_cross_entropy_is_the_mean_loss_with_unit_weights_and_a_weighte
 
 
 def test_a_pass_over_an_empty_cache_is_a_plain_random_pass():
-    indices, weights = plan_cached_pass(torch.full((50,), float("nan")), 0.3, 0.2, torch.Generator().manual_seed(0))
+    indices, weights, easy = plan_cached_pass(torch.full((50,), float("nan")), 0.3, 0.2, torch.Generator())
     assert sorted(indices.tolist()) == list(range(50)) and indices.tolist() != list(range(50))
-    assert torch.equal(weights, torch.ones(50))
+    assert torch.equal(weights, torch.ones(50)) and not easy.any()
 
 
 def test_a_pass_keeps_unknown_and_hard_samples_and_a_rescaled_share_of_the_easy_ones():
     n = 4000
     margins = torch.arange(n, dtype=torch.float32)
     margins[::10] = float("nan")  # 400 unknown; 3600 known, the hard half is margins <= 1999 among them
-    indices, weights = plan_cached_pass(margins, 0.5, 0.25, torch.Generator().manual_seed(0))
+    indices, weights, easy = plan_cached_pass(margins, 0.5, 0.25, torch.Generator().manual_seed(0))
     assert len(set(indices.tolist())) == len(indices)
+    assert torch.equal(easy, weights == 4.0)
     kept = dict(zip(indices.tolist(), weights.tolist()))
     known = margins[~margins.isnan()]
     threshold = known.sort().values[math.ceil(0.5 * len(known)) - 1].item()
@@ -65,14 +66,22 @@ def test_a_pass_is_unbiased_each_sample_weighs_one_on_average():
     totals = torch.zeros(100)
     generator = torch.Generator().manual_seed(1)
     for _ in range(2000):
-        indices, weights = plan_cached_pass(margins, 0.3, 0.2, generator)
+        indices, weights, _ = plan_cached_pass(margins, 0.3, 0.2, generator)
         totals.index_add_(0, indices, weights)
     torch.testing.assert_close(totals / 2000, torch.ones(100), atol=0.15, rtol=0)
 
 
+def test_a_pass_without_rescaling_keeps_the_same_samples_with_unit_weights():
+    margins = torch.rand(500)
+    unbiased = plan_cached_pass(margins, 0.3, 0.2, torch.Generator().manual_seed(4))
+    biased = plan_cached_pass(margins, 0.3, 0.2, torch.Generator().manual_seed(4), rescale=False)
+    assert torch.equal(unbiased.indices, biased.indices) and torch.equal(unbiased.easy, biased.easy)
+    assert torch.equal(biased.weights, torch.ones(len(biased.weights))) and (unbiased.weights == 5.0).any()
+
+
 @pytest.mark.parametrize(("hard_fraction", "easy_rate"), [(1.0, 0.1), (0.0, 1.0)])
 def test_a_pass_with_everything_kept_is_a_plain_pass(hard_fraction, easy_rate):
-    indices, weights = plan_cached_pass(torch.rand(30), hard_fraction, easy_rate, torch.Generator())
+    indices, weights, _ = plan_cached_pass(torch.rand(30), hard_fraction, easy_rate, torch.Generator())
     assert sorted(indices.tolist()) == list(range(30)) and torch.equal(weights, torch.ones(30))
 
 
@@ -100,6 +109,8 @@ def test_the_sampler_keeps_the_epoch_length_and_spends_it_on_hard_samples():
     hard_draws = sum(1 for i, _ in second if i < 10)
     assert hard_draws > 20  # the 10 hardest samples take most of the epoch (about 10 of every 13 draws)
     assert all(w == 10.0 for i, w in second if i >= 10)
+    assert sampler.pop_easy_share() == pytest.approx(sum(1 for i, _ in second if i >= 10) / 120)  # 3 x 40 draws
+    assert sampler.pop_easy_share() is None
 
 
 def test_the_cache_stores_round_trips_and_refuses_another_dataset_size():
@@ -151,8 +162,9 @@ def test_cached_selection_scores_with_the_training_forward_only(tmp_path):
     assert trainer._cache.known_share() == 1.0
     torch.testing.assert_close(cached, torch.tensor([last_mms[i] for i in range(64)]), rtol=1e-5, atol=1e-6)
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    assert all(h["mms_cached_easy_share"] == 0 for h in logs[:8])
-    assert any(h["mms_cached_easy_share"] > 0 for h in logs[8:])
+    # counted as drawn: the loader draws one batch ahead, so the log of step 8 may count the second epoch's first
+    assert all(h.get("mms_cached_easy_share", 0) == 0 for h in logs[:7])
+    assert any(h.get("mms_cached_easy_share", 0) > 0 for h in logs[8:])
     assert logs[-1]["mms_cached_known_share"] == 1.0 and "break_even_step_ratio" in logs[-1]
 
 
@@ -222,6 +234,8 @@ def test_cached_selection_bad_input(tmp_path):
         cached_args(tmp_path, selection_hard_fraction=-0.1)
     with pytest.raises(ValueError, match="selection_easy_rate"):
         cached_args(tmp_path, selection_easy_rate=0.0)
+    with pytest.raises(ValueError, match="train_sampling_strategy"):
+        cached_args(tmp_path, train_sampling_strategy="group_by_length")
     with pytest.raises(ValueError, match="compute_loss_func"):
         MarginTrainer(
             model=tiny_bert(),

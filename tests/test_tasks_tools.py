@@ -51,6 +51,24 @@ def test_benchmark_grid_and_report_in_quick_mode(tmp_path):
     assert (tmp_path / "results" / next((tmp_path / "results").glob("*.json")).with_suffix(".png").name).is_file()
 
 
+def test_benchmark_early_drop_and_cached_variants_in_quick_mode(tmp_path):
+    common = ["--results_dir", str(tmp_path / "results"), "--runs_dir", str(tmp_path / "runs")]
+    benchmark.main([*common, "early", "--setting", "digits", "--quick", "--seeds", "0"])
+    benchmark.main([*common, "tta", "--setting", "digits", "--quick", "--seeds", "0", "--only", "mms_cached"])
+    early = json.loads(next((tmp_path / "results").glob("early_digits_quick_*.json")).read_text())
+    assert set(early["rows"]) == set(benchmark.EARLY_DROP_VARIANTS)
+    assert early["rows"]["mms_k4_bf16_early_0.4x"]["selection_time_share_mean"] > 0
+    cached = json.loads(next((tmp_path / "results").glob("tta_digits_quick_*.json")).read_text())
+    assert set(cached["rows"]) == {"baseline", "mms_cached"}
+    run = tmp_path / "runs" / "digits_quick" / "tta" / "mms_cached_s0" / "metrics.json"
+    assert json.loads(run.read_text())["selection"] == "mms_cached"
+
+    from tasks.bench_report import render_report
+
+    report = render_report(tmp_path / "results", tmp_path / "BENCHMARKS.md").read_text()
+    assert "Early learning-rate drop: digits_quick" in report and "| mms_cached |" in report
+
+
 def test_overhead_measure_gives_ratios():
     work = Workload("tiny bert", lambda: tiny_bert(), TinyTextDataset(n=128), batch=8)
     result = measure(work, steps=3, warmup=1, k=2.0, repeats=1)
