@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .selection import check_cached_fractions
+
 SELECTION_CRITERIA = ("none", "uniform", "mms", "entropy", "loss", "mms_cached")
 
 
@@ -114,10 +116,7 @@ class MarginTrainingArguments(TrainingArguments):
             )
         if not self.selection_oversample >= 1.0:
             raise ValueError(f"selection_oversample (k) must be >= 1, got {self.selection_oversample}.")
-        if not 0.0 <= self.selection_hard_fraction <= 1.0:
-            raise ValueError(f"selection_hard_fraction must be in [0, 1], got {self.selection_hard_fraction}.")
-        if not 0.0 < self.selection_easy_rate <= 1.0:
-            raise ValueError(f"selection_easy_rate must be in (0, 1], got {self.selection_easy_rate}.")
+        check_cached_fractions(self.selection_hard_fraction, self.selection_easy_rate)
         if self.selection == "mms_cached" and self.train_sampling_strategy != "random":
             raise ValueError(
                 f"selection='mms_cached' draws its own random passes and replaces the train sampler; "

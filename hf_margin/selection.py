@@ -164,7 +164,7 @@ def plan_cached_pass(
     Returns:
         [`CachedPass`] `(indices, weights, easy)` of the `M <= N` samples kept, in training order.
     """
-    _check_cached_args(hard_fraction, easy_rate)
+    check_cached_fractions(hard_fraction, easy_rate)
     margins = margins.detach().float().cpu()
     order = torch.randperm(margins.shape[0], generator=generator)
     coins = torch.rand(margins.shape[0], generator=generator)
@@ -191,7 +191,7 @@ class CachedMarginSampler(Sampler[tuple[int, float]]):
     def __init__(
         self, cache: MarginCache, hard_fraction: float, easy_rate: float, seed: int = 0, rescale: bool = True
     ):
-        _check_cached_args(hard_fraction, easy_rate)
+        check_cached_fractions(hard_fraction, easy_rate)
         self.cache, self.hard_fraction, self.easy_rate, self.seed = cache, hard_fraction, easy_rate, seed
         self.rescale = rescale
         self.epoch = 0
@@ -222,7 +222,8 @@ class CachedMarginSampler(Sampler[tuple[int, float]]):
         return share
 
 
-def _check_cached_args(hard_fraction: float, easy_rate: float) -> None:
+def check_cached_fractions(hard_fraction: float, easy_rate: float) -> None:
+    """The ranges of `selection_hard_fraction` ([0, 1]) and `selection_easy_rate` ((0, 1]), as a `ValueError`."""
     if not 0.0 <= hard_fraction <= 1.0:
         raise ValueError(f"selection_hard_fraction must be in [0, 1], got {hard_fraction}.")
     if not 0.0 < easy_rate <= 1.0:

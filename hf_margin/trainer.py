@@ -226,7 +226,7 @@ class MarginTrainer(Trainer):
             self._cache = MarginCache(len(dataset), self.args.device)
         # Keep the tags through `remove_unused_columns` and past the user's collator, which never sees them.
         self._set_signature_columns_if_needed()
-        self._signature_columns = [*self._signature_columns, INDEX_KEY, WEIGHT_KEY]
+        self._signature_columns += [key for key in (INDEX_KEY, WEIGHT_KEY) if key not in self._signature_columns]
         user_collator = self.data_collator
         self.data_collator = _TaggedCollator(user_collator)  # `_get_dataloader` reads the collator from here
         try:
@@ -461,19 +461,18 @@ class MarginTrainer(Trainer):
             logs["selection_time_share"] = round(score_share, 4)
             logs["pool_loading_time_share"] = round(load_share, 4)
             logs["break_even_step_ratio"] = round(ratio, 4)
-            if self.is_world_process_zero() and self.selection == "mms_cached":
+            if self.is_world_process_zero():
+                if self.selection == "mms_cached":
+                    spent = f"selection=mms_cached spent {100 * score_share:.1f}% of training time keeping margins"
+                else:
+                    spent = (
+                        f"selection={self.selection} k={self._margin_arg('selection_oversample'):g} spent "
+                        f"{100 * score_share:.1f}% of training time scoring pools and {100 * load_share:.1f}% "
+                        "loading them"
+                    )
                 print(
-                    f"hf_margin: selection=mms_cached spent {100 * score_share:.1f}% of training time keeping "
-                    f"margins; it saves wall-clock time if it reaches its target in fewer than {100 * ratio:.0f}% "
-                    "of the optimizer steps that training without selection needs."
-                )
-            elif self.is_world_process_zero():
-                k = self._margin_arg("selection_oversample")
-                print(
-                    f"hf_margin: selection={self.selection} k={k:g} spent {100 * score_share:.1f}% of training time "
-                    f"scoring pools and {100 * load_share:.1f}% loading them; it saves wall-clock time only if it "
-                    f"reaches its target in fewer than {100 * ratio:.0f}% of the optimizer steps that training "
-                    "without selection needs."
+                    f"hf_margin: {spent}; it saves wall-clock time only if it reaches its target in fewer than "
+                    f"{100 * ratio:.0f}% of the optimizer steps that training without selection needs."
                 )
         super().log(logs, start_time)
 

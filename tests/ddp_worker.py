@@ -14,6 +14,12 @@ from hf_margin import MarginTrainer, MarginTrainingArguments  # noqa: E402
 from tests.conftest import TinyTextDataset, tiny_bert  # noqa: E402
 
 
+def worker_args(out_dir: str, **overrides) -> MarginTrainingArguments:
+    """Batch 4 per process, a log every step, CPU, no checkpoints; `overrides` set the rest."""
+    common = dict(per_device_train_batch_size=4, logging_steps=1, report_to="none", use_cpu=True)
+    return MarginTrainingArguments(output_dir=out_dir, save_strategy="no", disable_tqdm=True, **common, **overrides)
+
+
 def main(out_dir: str, mode: str = "mms") -> None:
     if mode == "mms_cached":
         return cached(out_dir)
@@ -24,19 +30,7 @@ def main(out_dir: str, mode: str = "mms") -> None:
         calls.append({"scoring": torch.is_inference_mode_enabled(), "rows": kwargs["input_ids"].tolist()})
 
     model.register_forward_hook(record, with_kwargs=True)
-    args = MarginTrainingArguments(
-        output_dir=out_dir,
-        per_device_train_batch_size=4,
-        selection="mms",
-        selection_oversample=3,
-        max_steps=3,
-        logging_steps=1,
-        report_to="none",
-        use_cpu=True,
-        save_strategy="no",
-        disable_tqdm=True,
-        mmr_alpha=1e-3,
-    )
+    args = worker_args(out_dir, selection="mms", selection_oversample=3, max_steps=3, mmr_alpha=1e-3)
     trainer = MarginTrainer(model=model, args=args, train_dataset=TinyTextDataset(n=96))
     trainer.train()
     result = {
@@ -51,17 +45,7 @@ def main(out_dir: str, mode: str = "mms") -> None:
 
 def cached(out_dir: str) -> None:
     """Cached selection: 12 steps of 2 x 4 cover the 96 samples once; every process must hold the same cache."""
-    args = MarginTrainingArguments(
-        output_dir=out_dir,
-        per_device_train_batch_size=4,
-        selection="mms_cached",
-        max_steps=14,
-        logging_steps=1,
-        report_to="none",
-        use_cpu=True,
-        save_strategy="no",
-        disable_tqdm=True,
-    )
+    args = worker_args(out_dir, selection="mms_cached", max_steps=14)
     trainer = MarginTrainer(model=tiny_bert(), args=args, train_dataset=TinyTextDataset(n=96))
     trainer.train()
     result = {
