@@ -89,6 +89,15 @@ class MarginTrainingArguments(TrainingArguments):
             "'mms_cached', plain passes) so the last steps see all the data. In (0, 1]."
         },
     )
+    selection_trim_padding: bool = field(
+        default=True,
+        metadata={
+            "help": "Pool selection on padded text: cut the padding columns (`attention_mask` all zero, at either "
+            "end) that no selected sample needs, so the b selected samples train at their own padded length, "
+            "as if collated alone, rather than at the longest of the pool's k*b. The collator's "
+            "`pad_to_multiple_of` is kept. Batches without an `attention_mask` are unchanged."
+        },
+    )
     mmr_alpha: float = field(
         default=0.0,
         metadata={"help": "Weight of the multi-margin (MMR) penalty added to the loss; 0 turns MMR off."},

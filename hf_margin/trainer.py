@@ -280,7 +280,7 @@ class MarginTrainer(Trainer):
         pool_size = _batch_length(pool)
         keep = min(self._train_batch_size, pool_size)
         if not self._selecting_now():  # the pool is a uniform draw, so its first `keep` samples are one too
-            return _index_batch(pool, torch.arange(keep), pool_size)
+            return self._trimmed(_index_batch(pool, torch.arange(keep), pool_size))
         start = time.perf_counter()
         pool = self._prepare_inputs(pool)
         if self.selection == "uniform":
@@ -295,11 +295,16 @@ class MarginTrainer(Trainer):
                 mms = scores if self.selection == "mms" else minimal_margin_scores(logits, weight)
                 self._buffered["mms_pool_mean"].append(mms.mean())
                 self._buffered["mms_selected_mean"].append(mms[indices].mean())
-        batch = _index_batch(pool, indices, pool_size)
+        batch = self._trimmed(_index_batch(pool, indices, pool_size))
         elapsed = time.perf_counter() - start
         self._scoring_seconds += elapsed
         self._scoring_seconds_window += elapsed
         return batch
+
+    def _trimmed(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if not self._margin_arg("selection_trim_padding"):
+            return batch
+        return _trim_padding(batch, getattr(self.data_collator, "pad_to_multiple_of", None))
 
     def _selecting_now(self) -> bool:
         """Whether this optimizer step selects (`selection_until` of `max_steps` not yet reached)."""
@@ -585,6 +590,33 @@ def _index_batch(batch: Mapping[str, Any], indices: torch.Tensor, pool_size: int
         else:
             kept[key] = value
     return kept
+
+
+def _trim_padding(batch: dict[str, Any], multiple: int | None = None) -> dict[str, Any]:
+    """
+    Drop the columns at either end where `attention_mask` is zero in every row, from each `[B, L, ...]` tensor
+    of the batch: what padding the selected rows alone would have needed, rounded up to `multiple`.
+    """
+    mask = batch.get("attention_mask")
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.shape[1] == 0:
+        return batch
+    used = (mask != 0).any(dim=0).nonzero()
+    if used.numel() == 0:
+        return batch
+    length = mask.shape[1]
+    first, last = int(used[0]), int(used[-1]) + 1
+    if multiple:  # widen into the padding, on the side it sits
+        missing = -(last - first) % multiple
+        extra_right = min(missing, length - last)
+        first, last = max(0, first - (missing - extra_right)), last + extra_right
+    if (first, last) == (0, length):
+        return batch
+    return {
+        key: value[:, first:last]
+        if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[:2] == mask.shape
+        else value
+        for key, value in batch.items()
+    }
 
 
 class _TaggedDataset(Dataset):

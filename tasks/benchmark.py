@@ -125,6 +125,15 @@ SETTINGS: dict[str, Setting] = {
         _QUICK_GLUE,
         "GLUE RTE (2,490 train / 277 dev), pretrained all-MiniLM-L6-v2, batch 32, seq 128, AdamW 5e-5, 120 steps.",
     ),
+    # CPU scale, SST-2: 300 steps x 32 = 9,600 of the 67k training sentences (one seventh of a pass)
+    "sst2_cpu": _glue(
+        "sst2",
+        "--per_device_train_batch_size 32 --max_seq_length 64 --max_steps 300 --eval_steps 50 "
+        "--learning_rate 5e-5 --warmup_steps 30",
+        _QUICK_GLUE,
+        "GLUE SST-2 (67,349 train / 872 dev), pretrained all-MiniLM-L6-v2, batch 32, seq 64, AdamW 5e-5, "
+        "300 steps (a seventh of a pass).",
+    ),
     # GPU scale, text: 2,000 steps x 32 = ~1 pass over SST-2
     "sst2": _glue(
         "sst2",
@@ -150,7 +159,7 @@ def tta_variants(ks: list[float]) -> dict[str, list[str]]:
 # Issue 5's cheaper selection (run with --only). Cached margins (no pool, no scoring forward): the hard share
 # h is always trained, easy samples at rate r with loss x 1/r; a pass costs h + (1 - h) r of a full pass:
 # 0.625 for the defaults, 0.325 for h25_r10. `_bf16` scores the pool under bf16 autocast; `_until50` selects
-# for the first half of the steps only.
+# for the first half of the steps only; `_notrim` keeps the pool's padding in the selected text batch.
 CHEAP_VARIANTS = {
     "mms_cached": ["--selection", "mms_cached"],
     "mms_cached_h25_r10": [
@@ -158,6 +167,11 @@ CHEAP_VARIANTS = {
     ],
     "mms_k2_bf16": ["--selection", "mms", "--selection_oversample", "2", "--selection_scoring_dtype", "bfloat16"],
     "mms_k4_bf16": ["--selection", "mms", "--selection_oversample", "4", "--selection_scoring_dtype", "bfloat16"],
+    # text only: the selected batch keeps the pool's padded length (the behaviour before selection_trim_padding)
+    "mms_k2_bf16_notrim": [
+        "--selection", "mms", "--selection_oversample", "2", "--selection_scoring_dtype", "bfloat16",
+        "--selection_trim_padding", "false",
+    ],
     "mms_k2_bf16_until50": [
         "--selection", "mms", "--selection_oversample", "2", "--selection_scoring_dtype", "bfloat16",
         "--selection_until", "0.5",

