@@ -24,25 +24,33 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q --durations=10
 
-# The CPU benchmark suite (about five hours on 2 cores; resumable), then BENCHMARKS.md.
+# The CPU benchmark suite (about seven hours on 2 cores; resumable: a finished run is never run again),
+# then BENCHMARKS.md. Each line is one benchmark; their results are in tasks/results/.
+BENCH := $(OFFLINE) $(BIN)/python -m tasks.benchmark
+GRID := uniform_k2 mms_k2 loss_k2 entropy_k2 uniform_k4 mms_k4 loss_k4 entropy_k4 uniform_k10 mms_k10 loss_k10 entropy_k10
 bench: $(STAMP)
-	$(OFFLINE) $(BIN)/python -m tasks.benchmark overhead
-	$(OFFLINE) $(BIN)/python -m tasks.benchmark tta --setting fmnist --seeds 0 --ks 2 4 10
-	$(OFFLINE) $(BIN)/python -m tasks.benchmark tta --setting fmnist --seeds 0 1 2 --ks 2 4 --only uniform_k4 mms_k2 mms_k4 --tag 3seeds
-	$(OFFLINE) $(BIN)/python -m tasks.benchmark mmr --setting fmnist --seeds 0 1 2
-	$(OFFLINE) $(BIN)/python -m tasks.benchmark tta --setting mrpc --seeds 0 --ks 2 --only mms_k2
-	$(OFFLINE) $(BIN)/python -m tasks.benchmark mmr --setting mrpc --seeds 0
-	# issue 5: cheaper selection (cached margins, bf16 scoring), at equal steps and on compressed schedules
-	$(OFFLINE) $(BIN)/python -m tasks.benchmark tta --setting fmnist --tag issue5 --only mms_cached mms_cached_h25_r10 mms_k2_bf16 mms_k4_bf16
-	$(OFFLINE) $(BIN)/python -m tasks.benchmark tta --setting fmnist_long --tag issue5 --only mms_cached mms_cached_h25_r10 mms_k2_bf16
-	$(OFFLINE) $(BIN)/python -m tasks.benchmark short --setting fmnist_long
-	$(OFFLINE) $(BIN)/python -m tasks.benchmark short --setting mrpc_3ep --seeds 0
-	$(OFFLINE) $(BIN)/python -m tasks.benchmark early --setting fmnist_long --seeds 0
-	$(OFFLINE) $(BIN)/python -m tasks.benchmark tta --setting mrpc --tag issue5 --only mms_k2_bf16
-	$(OFFLINE) $(BIN)/python -m tasks.benchmark report
+	$(BENCH) overhead
+	$(BENCH) scoring
+	$(BENCH) tta --setting fmnist --seeds 0 1 2 --ks 2 4 10 --tag grid3 --only $(GRID)
+	$(BENCH) mmr --setting fmnist --seeds 0 1 2
+	$(BENCH) tta --setting mrpc --seeds 0 --ks 2 --only mms_k2
+	$(BENCH) mmr --setting mrpc --seeds 0 1 2
+	$(BENCH) mmr --setting rte --seeds 0 1 2
+	$(BENCH) mmr --setting sst2_cpu --seeds 0 1 2
+	# issue 5: cheaper selection (cached margins, bf16 scoring, trimmed padding), at equal steps and compressed
+	$(BENCH) tta --setting fmnist --tag issue5 --only mms_cached mms_cached_h25_r10 mms_k2_bf16 mms_k4_bf16
+	$(BENCH) tta --setting fmnist_long --tag issue5 --only mms_cached mms_cached_h25_r10 mms_k2_bf16
+	$(BENCH) tta --setting fmnist_long --tag until --only mms_k2_bf16 mms_k2_bf16_until50
+	$(BENCH) short --setting fmnist_long
+	$(BENCH) short --setting mrpc_3ep --seeds 0
+	$(BENCH) early --setting fmnist_long --seeds 0 1 2
+	$(BENCH) tta --setting mrpc --tag issue5 --only mms_k2_bf16 mms_k2_bf16_chunk32
+	$(BENCH) tta --setting mrpc --tag notrim --seeds 0 --only mms_k2_bf16_notrim
+	$(BENCH) report
 
 # Minutes: every benchmark path on tiny subsets (results go to tasks/results/*_quick_*.json).
 bench-quick: $(STAMP)
+	$(OFFLINE) $(BIN)/python -m tasks.benchmark scoring --quick
 	$(OFFLINE) $(BIN)/python -m tasks.benchmark tta --setting fmnist --quick --seeds 0 --ks 4
 	$(OFFLINE) $(BIN)/python -m tasks.benchmark mmr --setting fmnist --quick --seeds 0
 	$(OFFLINE) $(BIN)/python -m tasks.benchmark tta --setting fmnist --quick --seeds 0 --only mms_cached mms_k2_bf16

@@ -98,6 +98,7 @@ class MarginTrainer(Trainer):
             )
         self._cache: MarginCache | None = None  # selection="mms_cached": built with the train dataloader
         self._cached_sampler: CachedMarginSampler | None = None
+        self._compiled_scorer: nn.Module | None = None  # torch.compile of the model, for the scoring pass only
         self.mmr_on = self._margin_arg("mmr_alpha") > 0 or bool(self._margin_arg("mmr_alpha_end"))
         self._check_model()
         self._head_name, self._head = self._find_head()
@@ -302,9 +303,10 @@ class MarginTrainer(Trainer):
         return batch
 
     def _trimmed(self, batch: dict[str, Any]) -> dict[str, Any]:
-        if not self._margin_arg("selection_trim_padding"):
-            return batch
-        return _trim_padding(batch, getattr(self.data_collator, "pad_to_multiple_of", None))
+        collator = self.data_collator
+        if not self._margin_arg("selection_trim_padding") or getattr(collator, "padding", None) == "max_length":
+            return batch  # a fixed padded length is what the collator would give the selected samples too
+        return _trim_padding(batch, getattr(collator, "pad_to_multiple_of", None))
 
     def _selecting_now(self) -> bool:
         """Whether this optimizer step selects (`selection_until` of `max_steps` not yet reached)."""
@@ -321,21 +323,51 @@ class MarginTrainer(Trainer):
     def _score_pool(self, pool: dict[str, Any]) -> torch.Tensor:
         """Logits `[P, C]` of a pool from one forward without labels, in eval mode unless configured not to."""
         model = self.model
+        if self._margin_arg("selection_scoring_compile") and self._compiled_scorer is None:
+            self._compiled_scorer = torch.compile(model)  # shares the parameters; the training forward stays eager
+        forward = model if self._compiled_scorer is None else self._compiled_scorer  # (no truth test: it has no len)
         inputs = {k: v for k, v in pool.items() if k not in self.label_names and k not in _LABEL_KEYS}
         was_training = model.training
         model.train(not self._margin_arg("selection_eval_mode"))
+        parts = []
         try:
             with self.compute_loss_context_manager(), self._scoring_autocast():
-                outputs = model(**inputs)
+                for rows, chunk in self._scoring_chunks(inputs):
+                    outputs = forward(**chunk)
+                    parts.append((rows, outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]))
         finally:
             model.train(was_training)
-        logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
-        if logits.dim() != 2 or logits.shape[1] < 2:
-            raise ValueError(
-                f"selection={self.selection!r} needs classification logits [batch, classes >= 2]; "
-                f"the model returned {list(logits.shape)}."
-            )
-        return logits.clone()  # a normal tensor, usable outside inference mode
+        for _, logits in parts:
+            if logits.dim() != 2 or logits.shape[1] < 2:
+                raise ValueError(
+                    f"selection={self.selection!r} needs classification logits [batch, classes >= 2]; "
+                    f"the model returned {list(logits.shape)}."
+                )
+        if len(parts) == 1:
+            return parts[0][1].clone()  # a normal tensor, usable outside inference mode
+        logits = torch.cat([part for _, part in parts])
+        rows = torch.cat([rows for rows, _ in parts]).to(logits.device)
+        return torch.empty_like(logits).index_copy_(0, rows, logits)  # back in pool order
+
+    def _scoring_chunks(self, inputs: dict[str, Any]) -> list[tuple[torch.Tensor | None, dict[str, Any]]]:
+        """
+        The pool as one forward's inputs, or with `selection_scoring_batch_size` as micro-batches of that size,
+        each with its pool rows: padded text is sorted by length first and each micro-batch cut to its own
+        padding, so less of the scoring compute goes to padding.
+        """
+        size, pool_size = self._margin_arg("selection_scoring_batch_size"), _batch_length(inputs)
+        if size is None or size >= pool_size:
+            return [(None, inputs)]
+        mask = inputs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            order = torch.argsort((mask != 0).sum(1).cpu(), stable=True)
+        else:
+            order = torch.arange(pool_size)
+        chunks = []
+        for start in range(0, pool_size, size):
+            rows = order[start : start + size]
+            chunks.append((rows, self._trimmed(_index_batch(inputs, rows, pool_size))))
+        return chunks
 
     # ---- loss: MMR penalty and the MMS trace ----
 

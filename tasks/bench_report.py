@@ -67,6 +67,21 @@ def overhead_section(result: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def scoring_section(result: dict[str, Any]) -> list[str]:
+    lines = [f"### The scoring forward on {result['device']}", "", *_header(result)]
+    lines += [
+        "| pool | variant | ms per pool forward | speed-up vs fp32 eager | first call (compile) s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in result["results"]:
+        for variant, row in r["variants"].items():
+            lines.append(
+                f"| {r['setting']} | {variant} | {1000 * row['seconds']:.1f} | {row['speedup_vs_fp32_eager']:.2f}x | "
+                f"{_fmt(row.get('compile_seconds'))} |"
+            )
+    return [*lines, ""]
+
+
 def _curves_to_runs(result: dict[str, Any], seed: str) -> list[RunCurves]:
     runs = []
     for name in PLOTTED:
@@ -130,11 +145,16 @@ def grid_section(result: dict[str, Any], path: Path) -> list[str]:
 
 
 def render_report(results: Path = RESULTS, out: Path = ROOT / "BENCHMARKS.md") -> Path:
-    sections = {"overhead": [], "tta": [], "short": [], "early": [], "mmr": []}
+    sections = {"overhead": [], "scoring": [], "tta": [], "short": [], "early": [], "mmr": []}
     for path in sorted(results.glob("*.json")):
         result = json.loads(path.read_text())
         kind = result["benchmark"]
-        sections[kind] += overhead_section(result) if kind == "overhead" else grid_section(result, path)
+        if kind == "overhead":
+            sections[kind] += overhead_section(result)
+        elif kind == "scoring":
+            sections[kind] += scoring_section(result)
+        else:
+            sections[kind] += grid_section(result, path)
     analysis = results / "analysis.md"
     lines = [
         "# Benchmarks",
@@ -149,6 +169,7 @@ def render_report(results: Path = RESULTS, out: Path = ROOT / "BENCHMARKS.md") -
         lines += [analysis.read_text().strip(), ""]
     titles = {
         "overhead": "## 1. Overhead",
+        "scoring": "## 1b. Cheaper scoring: the pool forward alone (issue 5)",
         "tta": "## 2. Time to accuracy (and 4. the mean-MMS trace)",
         "short": "## 2b. Cheaper selection on a compressed schedule (issue 5)",
         "early": "## 2c. The seeds' early learning-rate drop",

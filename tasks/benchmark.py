@@ -1,6 +1,7 @@
 """Benchmarks of margin-based training, with the scoring pass counted: `python -m tasks.benchmark`.
 
     python -m tasks.benchmark overhead [--quick]              # step-time ratios, printed last and saved
+    python -m tasks.benchmark scoring [--quick]               # the scoring forward: bf16, channels-last, compile
     python -m tasks.benchmark tta --setting fmnist [--quick]  # time to accuracy: selection x k x seeds
     python -m tasks.benchmark mmr --setting mrpc [--quick]    # MMR accuracy: baseline, constant, ramp
     python -m tasks.benchmark early --setting fmnist_long     # early LR drop on a 0.4x run vs the full baseline
@@ -171,6 +172,20 @@ CHEAP_VARIANTS = {
     "mms_k2_bf16_notrim": [
         "--selection", "mms", "--selection_oversample", "2", "--selection_scoring_dtype", "bfloat16",
         "--selection_trim_padding", "false",
+    ],
+    # text: the pool scored in length-sorted micro-batches of 32, each cut to its own padding
+    "mms_k2_bf16_chunk32": [
+        "--selection", "mms", "--selection_oversample", "2", "--selection_scoring_dtype", "bfloat16",
+        "--selection_scoring_batch_size", "32",
+    ],
+    # the scoring forward through torch.compile (the training forward stays eager)
+    "mms_k2_bf16_compile": [
+        "--selection", "mms", "--selection_oversample", "2", "--selection_scoring_dtype", "bfloat16",
+        "--selection_scoring_compile", "true",
+    ],
+    "mms_k2_bf16_chunk32_compile": [
+        "--selection", "mms", "--selection_oversample", "2", "--selection_scoring_dtype", "bfloat16",
+        "--selection_scoring_batch_size", "32", "--selection_scoring_compile", "true",
     ],
     "mms_k2_bf16_until50": [
         "--selection", "mms", "--selection_oversample", "2", "--selection_scoring_dtype", "bfloat16",
@@ -391,6 +406,10 @@ def main(argv: list[str] | None = None) -> None:
     over = sub.add_parser("overhead", help="step-time ratios: MarginTrainer off vs Trainer, MMR, scoring cost")
     over.add_argument("--quick", action="store_true")
     over.add_argument("--model_name_or_path", default=None, help="MiniLM directory (default: the package's)")
+    scoring = sub.add_parser("scoring", help="the pool's scoring forward: fp32, bf16, channels-last, torch.compile")
+    scoring.add_argument("--quick", action="store_true")
+    scoring.add_argument("--model_name_or_path", default=None, help="MiniLM directory (default: the package's)")
+    scoring.add_argument("--no_compile", action="store_true", help="skip the torch.compile variants")
     for kind in ("tta", "mmr", "early", "short"):
         p = sub.add_parser(kind)
         p.add_argument("--setting", choices=sorted(SETTINGS), required=True)
@@ -410,6 +429,10 @@ def main(argv: list[str] | None = None) -> None:
         from tasks.bench_overhead import run_overhead
 
         run_overhead(quick=args.quick, model_path=args.model_name_or_path)
+    elif args.command == "scoring":
+        from tasks.bench_scoring import run_scoring
+
+        run_scoring(quick=args.quick, model_path=args.model_name_or_path, compile_=not args.no_compile)
     elif args.command in ("tta", "mmr", "early", "short"):
         cmd_grid(args.command, args)
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from tasks import benchmark, demo, plot
 from tasks.bench_overhead import Workload, measure
@@ -75,3 +76,28 @@ def test_overhead_measure_gives_ratios():
     assert 0.3 < result["margin_off_over_stock"] < 3.0
     assert result["mms_scoring_s"] > 0 and result["scoring_per_sample_over_train_per_sample"] > 0
     assert result["break_even_step_saving_at_k"]["10"] > result["break_even_step_saving_at_k"]["2"] > 1.0
+
+
+def test_scoring_benchmark_times_each_variant_of_the_pool_forward():
+    from tasks.bench_report import scoring_section
+    from tasks.bench_scoring import measure_variants, pool_forward
+    from tests.conftest import tiny_timm
+
+    images = {"pixel_values": torch.randn(4, 3, 16, 16)}
+    model = tiny_timm()
+    assert pool_forward(model, torch.bfloat16)(images).dtype == torch.bfloat16
+    vision = measure_variants(model, images, image=True, repeats=2, warmup=1, compile_=False)
+    assert list(vision) == ["fp32 eager", "bf16 autocast", "bf16 channels-last"]
+    assert vision["fp32 eager"]["speedup_vs_fp32_eager"] == 1.0 and all(r["seconds"] > 0 for r in vision.values())
+    ids = torch.randint(5, 100, (4, 8))
+    text = measure_variants(tiny_bert(), {"input_ids": ids}, image=False, repeats=2, warmup=1, compile_=False)
+    assert list(text) == ["fp32 eager", "bf16 autocast"]
+    result = {
+        "device": "cpu",
+        "date": "today",
+        "command": "python -m tasks.benchmark scoring",
+        "software": {"torch": "t", "transformers": "x", "timm": "y", "python": "3"},
+        "results": [{"setting": "tiny", "variants": vision}],
+    }
+    table = "\n".join(scoring_section(result))
+    assert "| tiny | bf16 channels-last |" in table and table.count("| tiny |") == 3

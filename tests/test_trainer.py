@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -210,12 +211,13 @@ class VariableLengthText(torch.utils.data.Dataset):
         return {"input_ids": ids.tolist(), "labels": int(ids[0]) % 2}
 
 
-@pytest.mark.parametrize("trim", [True, False])
-def test_selected_text_trains_at_its_own_padded_length(tmp_path, trim):
+@pytest.mark.parametrize("trim, padding", [(True, True), (False, True), (True, "max_length")])
+def test_selected_text_trains_at_its_own_padded_length(tmp_path, trim, padding):
     model = tiny_bert(dropout=0.0)
     recorder = ForwardRecorder(model, "input_ids", model.classifier)
-    collate = DataCollatorWithPadding(_minilm_tokenizer())  # pads with id 0
+    collate = DataCollatorWithPadding(_minilm_tokenizer(), padding=padding, max_length=32)  # pads with id 0
     args = margin_args(tmp_path, selection="mms", selection_oversample=4, max_steps=3, selection_trim_padding=trim)
+    trim = trim and padding != "max_length"  # the selected samples alone would be padded to 32 too
     trainer = MarginTrainer(model=model, args=args, train_dataset=VariableLengthText(), data_collator=collate)
     trainer.train()
     for scoring, training in recorder.steps():
@@ -227,6 +229,54 @@ def test_selected_text_trains_at_its_own_padded_length(tmp_path, trim):
     assert trim == any(
         training["inputs"].shape[1] < scoring["inputs"].shape[1] for scoring, training in recorder.steps()
     )
+
+
+def test_scoring_in_length_sorted_micro_batches_chooses_the_same_samples(tmp_path):
+    calls = {}
+    for size in (None, 8):
+        model = tiny_bert(dropout=0.0)
+        seen = calls[size] = []
+        model.register_forward_hook(
+            lambda m, a, kw, out, seen=seen: seen.append(
+                (torch.is_inference_mode_enabled(), kw["attention_mask"].clone())
+            ),
+            with_kwargs=True,
+        )
+        args = margin_args(
+            tmp_path, selection="mms", selection_oversample=4, max_steps=3, selection_scoring_batch_size=size
+        )
+        collate = DataCollatorWithPadding(_minilm_tokenizer())
+        MarginTrainer(model=model, args=args, train_dataset=VariableLengthText(), data_collator=collate).train()
+    assert [scoring for scoring, _ in calls[None]] == [True, False] * 3
+    assert [scoring for scoring, _ in calls[8]] == ([True] * 4 + [False]) * 3  # a pool of 32 in forwards of 8
+    for step in range(3):
+        chunks = [mask for _, mask in calls[8][5 * step : 5 * step + 4]]
+        lengths = [mask.sum(1) for mask in chunks]
+        assert all(len(m) == 8 and m.shape[1] == int(n.max()) for m, n in zip(chunks, lengths))  # own padding
+        assert torch.equal(torch.cat(lengths), torch.cat(lengths).sort().values)  # sorted by length
+        assert int(calls[None][2 * step][1].sum()) == int(torch.cat(lengths).sum())  # the same pool
+        assert torch.equal(calls[None][2 * step + 1][1], calls[8][5 * step + 4][1])  # the same samples chosen
+
+
+def _chosen_input_ids(tmp_path, **overrides) -> list[torch.Tensor]:
+    """The `input_ids` of every batch selection hands to training, on the 3-class tiny text task."""
+    args = margin_args(tmp_path, selection="mms", selection_oversample=4, max_steps=3, **overrides)
+    data = TinyTextDataset(num_labels=3)
+    trainer = MarginTrainer(model=tiny_bert(num_labels=3, dropout=0.0), args=args, train_dataset=data)
+    batches, select = [], trainer._select_from_pool
+    trainer._select_from_pool = lambda pool: batches.append(select(pool)) or batches[-1]
+    trainer.train()
+    return [batch["input_ids"] for batch in batches]
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_scoring_chooses_what_eager_scoring_chooses(tmp_path):
+    torch._dynamo.reset()
+    eager = _chosen_input_ids(tmp_path)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0
+    compiled = _chosen_input_ids(tmp_path, selection_scoring_compile=True)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # the scoring forward went through dynamo
+    assert len(compiled) == 3 and all(torch.equal(a, b) for a, b in zip(eager, compiled))
 
 
 def test_selection_until_stops_selecting_after_that_share_of_the_steps(tmp_path, text_data):
@@ -426,6 +476,7 @@ class Stream(torch.utils.data.IterableDataset):
         (dict(mmr_alpha_end=-1.0), "mmr_alpha_end"),
         (dict(selection_scoring_dtype="int8"), "selection_scoring_dtype"),
         (dict(selection_until=0.0), "selection_until"),
+        (dict(selection_scoring_batch_size=0), "selection_scoring_batch_size"),
     ],
 )
 def test_bad_arguments(tmp_path, overrides, match):
