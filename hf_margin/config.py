@@ -85,18 +85,19 @@ class MarginTrainingArguments(TrainingArguments):
         default=None,
         metadata={
             "help": "None scores the whole pool in one forward. An int scores it in micro-batches of that many "
-            "samples: padded text (an `attention_mask`) is sorted by length first and each micro-batch cut to its "
-            "own padding (as selection_trim_padding does), which saves the scoring compute spent on padding; "
-            "it also bounds the scoring pass's memory. The scores do not depend on it (in eval-mode scoring)."
+            "samples: padded text (an `attention_mask`) is sorted by length first and each micro-batch cut to "
+            "its own padding (unless selection_trim_padding is off), which saves the scoring compute spent on "
+            "padding; it also bounds the scoring pass's memory. In eval-mode fp32 scoring the scores do not "
+            "depend on it; in bf16 they differ in the last bits."
         },
     )
     selection_scoring_compile: bool = field(
         default=False,
         metadata={
             "help": "Run the scoring forward through `torch.compile(model)` (the training forward stays as it is). "
-            "The first steps pay the compile (measured 9-25 s on CPU); text whose padded length varies from "
-            "step to step recompiles once more, for dynamic shapes. Measured 1.3-1.4x faster scoring on CPU "
-            "than bf16 eager (BENCHMARKS.md)."
+            "The first steps pay the compile (9-25 s measured on CPU), then scoring ran 1.3-1.4x faster than "
+            "bf16 eager. Text whose padded length varies from step to step recompiles for dynamic shapes, and "
+            "measured slower end to end (BENCHMARKS.md)."
         },
     )
     selection_until: float = field(

@@ -321,11 +321,14 @@ class MarginTrainer(Trainer):
 
     @torch.inference_mode()
     def _score_pool(self, pool: dict[str, Any]) -> torch.Tensor:
-        """Logits `[P, C]` of a pool from one forward without labels, in eval mode unless configured not to."""
+        """
+        Logits `[P, C]` of a pool, without labels, from one forward (or one per scoring micro-batch), in eval mode
+        unless configured not to.
+        """
         model = self.model
         if self._margin_arg("selection_scoring_compile") and self._compiled_scorer is None:
             self._compiled_scorer = torch.compile(model)  # shares the parameters; the training forward stays eager
-        forward = model if self._compiled_scorer is None else self._compiled_scorer  # (no truth test: it has no len)
+        forward = model if self._compiled_scorer is None else self._compiled_scorer  # a compiled module has no bool
         inputs = {k: v for k, v in pool.items() if k not in self.label_names and k not in _LABEL_KEYS}
         was_training = model.training
         model.train(not self._margin_arg("selection_eval_mode"))
