@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "tasks" / "results"
 PLOTTED = (
     "baseline",
+    "uniform_k2",
     "uniform_k4",
     "mms_k2",
     "mms_k4",
@@ -26,6 +27,11 @@ PLOTTED = (
     "mms_k2_bf16_until50",
     "mms_k2_bf16_notrim",
     "mms_k2_bf16_chunk32",
+    "loss_k2_bf16_chunk32",
+    "entropy_k2_bf16_chunk32",
+    "mms_k10_bf16_chunk32",
+    "loss_k10_bf16_chunk32",
+    "entropy_k10_bf16_chunk32",
     "mms_k2_bf16_compile",
     "mms_k2_bf16_chunk32_compile",
     "mms_cached",

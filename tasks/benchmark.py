@@ -84,6 +84,17 @@ SETTINGS: dict[str, Setting] = {
         "Fashion-MNIST, 10,000-image train subset, 2,000 test images; CIFAR ResNet-20 (1 channel), batch 64, "
         "SGD lr 0.1 (40 warm-up steps) cosine, weight decay 5e-4, 1,200 steps (7.7 passes).",
     ),
+    # CPU scale, CIFAR-10: the fmnist_long recipe on a 10k-image CIFAR-10 subset, 800 steps (5.1 passes, ~2 min)
+    "cifar10_cpu": _image(
+        "cifar10",
+        "cifar_resnet20",
+        "--max_train_samples 10000 --max_eval_samples 2000 --per_device_train_batch_size 64 --max_steps 800 "
+        "--eval_steps 100 --learning_rate 0.1 --warmup_steps 40 --lr_scheduler_type cosine "
+        "--optim sgd --optim_args momentum=0.9 --weight_decay 5e-4",
+        _QUICK_IMAGE,
+        "CIFAR-10, 10,000-image train subset, 2,000 test images; CIFAR ResNet-20, batch 64, SGD lr 0.1 (40 warm-up "
+        "steps) cosine, weight decay 5e-4, 800 steps (5.1 passes).",
+    ),
     # seconds-scale: scikit-learn's digits (used by the tests of this module)
     "digits": _image(
         "digits",
@@ -147,50 +158,44 @@ SETTINGS: dict[str, Setting] = {
 }
 
 
-# name -> extra flags. The baseline trains on every sample; the others choose b of a pool of k*b.
+_BF16 = ["--selection_scoring_dtype", "bfloat16"]
+_CHUNK32 = ["--selection_scoring_batch_size", "32"]
+
+
+def pool(criterion: str, k: float, *extra: str) -> list[str]:
+    """Flags for choosing b of a pool of k*b by `criterion`."""
+    return ["--selection", criterion, "--selection_oversample", f"{k:g}", *extra]
+
+
+# name -> extra flags. The baseline trains on every sample; the others choose b of a pool of k*b. The scored
+# criteria come in three scoring set-ups: fp32 (the seeds' scheme), `_bf16` (the pool scored under bf16
+# autocast) and `_bf16_chunk32` (also in length-sorted micro-batches of 32, each cut to its own padding).
 def tta_variants(ks: list[float]) -> dict[str, list[str]]:
     variants = {"baseline": ["--selection", "none"]}
     for k in ks:
-        for criterion in ("uniform", "mms", "loss", "entropy"):
-            variants[f"{criterion}_k{k:g}"] = ["--selection", criterion, "--selection_oversample", f"{k:g}"]
+        variants[f"uniform_k{k:g}"] = pool("uniform", k)
+        for criterion in ("mms", "loss", "entropy"):
+            variants[f"{criterion}_k{k:g}"] = pool(criterion, k)
+            variants[f"{criterion}_k{k:g}_bf16"] = pool(criterion, k, *_BF16)
+            variants[f"{criterion}_k{k:g}_bf16_chunk32"] = pool(criterion, k, *_BF16, *_CHUNK32)
     variants.update(CHEAP_VARIANTS)
     return variants
 
 
-# Issue 5's cheaper selection (run with --only). Cached margins (no pool, no scoring forward): the hard share
-# h is always trained, easy samples at rate r with loss x 1/r; a pass costs h + (1 - h) r of a full pass:
-# 0.625 for the defaults, 0.325 for h25_r10. `_bf16` scores the pool under bf16 autocast; `_until50` selects
-# for the first half of the steps only; `_notrim` keeps the pool's padding in the selected text batch.
+# Issue 5's other cheaper selections (run with --only). Cached margins (no pool, no scoring forward): the hard
+# share h is always trained, easy samples at rate r with loss x 1/r; a pass costs h + (1 - h) r of a full pass:
+# 0.625 for the defaults, 0.325 for h25_r10. `_until50` selects for the first half of the steps only;
+# `_notrim` keeps the pool's padding in the selected text batch; `_compile` compiles the scoring forward.
 CHEAP_VARIANTS = {
     "mms_cached": ["--selection", "mms_cached"],
     "mms_cached_h25_r10": [
         "--selection", "mms_cached", "--selection_hard_fraction", "0.25", "--selection_easy_rate", "0.1"
     ],
-    "mms_k2_bf16": ["--selection", "mms", "--selection_oversample", "2", "--selection_scoring_dtype", "bfloat16"],
-    "mms_k4_bf16": ["--selection", "mms", "--selection_oversample", "4", "--selection_scoring_dtype", "bfloat16"],
     # text only: the selected batch keeps the pool's padded length (the behaviour before selection_trim_padding)
-    "mms_k2_bf16_notrim": [
-        "--selection", "mms", "--selection_oversample", "2", "--selection_scoring_dtype", "bfloat16",
-        "--selection_trim_padding", "false",
-    ],
-    # text: the pool scored in length-sorted micro-batches of 32, each cut to its own padding
-    "mms_k2_bf16_chunk32": [
-        "--selection", "mms", "--selection_oversample", "2", "--selection_scoring_dtype", "bfloat16",
-        "--selection_scoring_batch_size", "32",
-    ],
-    # the scoring forward through torch.compile (the training forward stays eager)
-    "mms_k2_bf16_compile": [
-        "--selection", "mms", "--selection_oversample", "2", "--selection_scoring_dtype", "bfloat16",
-        "--selection_scoring_compile", "true",
-    ],
-    "mms_k2_bf16_chunk32_compile": [
-        "--selection", "mms", "--selection_oversample", "2", "--selection_scoring_dtype", "bfloat16",
-        "--selection_scoring_batch_size", "32", "--selection_scoring_compile", "true",
-    ],
-    "mms_k2_bf16_until50": [
-        "--selection", "mms", "--selection_oversample", "2", "--selection_scoring_dtype", "bfloat16",
-        "--selection_until", "0.5",
-    ],
+    "mms_k2_bf16_notrim": pool("mms", 2, *_BF16, "--selection_trim_padding", "false"),
+    "mms_k2_bf16_compile": pool("mms", 2, *_BF16, "--selection_scoring_compile", "true"),
+    "mms_k2_bf16_chunk32_compile": pool("mms", 2, *_BF16, *_CHUNK32, "--selection_scoring_compile", "true"),
+    "mms_k2_bf16_until50": pool("mms", 2, *_BF16, "--selection_until", "0.5"),
 }  # fmt: skip
 
 
@@ -212,7 +217,7 @@ def short_variants(setting: Setting, share: float = 0.6) -> dict[str, list[str]]
         f"mms_cached_{tag}": [*cached, "--max_steps", steps],
         f"mms_cached_biased_{tag}": [*cached, "--selection_easy_rescale", "false", "--max_steps", steps],
         "baseline_0.5x": ["--max_steps", pool_steps],
-        "mms_k2_bf16_0.5x": [*CHEAP_VARIANTS["mms_k2_bf16"], "--max_steps", pool_steps],
+        "mms_k2_bf16_0.5x": [*pool("mms", 2, *_BF16), "--max_steps", pool_steps],
     }
 
 
@@ -223,7 +228,7 @@ _EARLY_DROPS = ["--lr_scheduler_type", "constant", "--lr_drop_unit", "fraction",
 EARLY_DROP_VARIANTS = {
     "baseline": _FULL_DROPS,
     "baseline_early_0.4x": [*_EARLY_DROPS, "--max_steps", "480"],
-    "mms_k4_bf16_early_0.4x": [*_EARLY_DROPS, "--max_steps", "480", *CHEAP_VARIANTS["mms_k4_bf16"]],
+    "mms_k4_bf16_early_0.4x": [*_EARLY_DROPS, "--max_steps", "480", *pool("mms", 4, *_BF16)],
 }
 
 

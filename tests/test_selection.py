@@ -45,3 +45,16 @@ def test_linear_ramp():
     assert linear_ramp(1e-5, 1e-3, 100, 100) == pytest.approx(1e-3)
     assert linear_ramp(0.0, 1.0, 25, 100) == pytest.approx(0.25)
     assert linear_ramp(0.0, 1.0, 200, 100) == 1.0
+
+
+def test_with_two_classes_mms_and_entropy_choose_the_same_samples_and_with_three_they_need_not():
+    # two classes: both scores are monotone in |s1 - s2| (the weight-row distance is one constant for the pool)
+    generator = torch.Generator().manual_seed(0)
+    logits, weight = torch.randn(64, 2, generator=generator), torch.randn(2, 16, generator=generator)
+    by_mms = select_by_score(pool_scores("mms", logits, weight), 32, largest=False)
+    by_entropy = select_by_score(pool_scores("entropy", logits), 32, largest=True)
+    assert by_mms.tolist() == by_entropy.tolist()
+    # three classes: a close top-2 with a far third class has the smaller margin but the lower entropy
+    logits, weight = torch.tensor([[2.0, 1.9, -10.0], [0.5, 0.0, 0.0]]), torch.eye(3)
+    assert select_by_score(pool_scores("mms", logits, weight), 1, largest=False).tolist() == [0]
+    assert select_by_score(pool_scores("entropy", logits), 1, largest=True).tolist() == [1]

@@ -70,6 +70,30 @@ def test_benchmark_early_drop_and_cached_variants_in_quick_mode(tmp_path):
     assert "Early learning-rate drop: digits_quick" in report and "| mms_cached |" in report
 
 
+def test_every_benchmark_variant_parses_into_the_flags_its_name_promises(tmp_path):
+    from tasks.image import parse_args
+
+    setting = benchmark.SETTINGS["cifar10_cpu"]
+    variants = {
+        **benchmark.tta_variants([2, 4, 10]),
+        **benchmark.short_variants(setting),
+        **benchmark.EARLY_DROP_VARIANTS,
+        **benchmark.MMR_VARIANTS,
+    }
+    parsed = {
+        name: parse_args([*setting.argv, *extra, "--output_dir", str(tmp_path)])[1] for name, extra in variants.items()
+    }
+    grid = parsed["entropy_k10_bf16_chunk32"]
+    assert (grid.selection, grid.selection_oversample) == ("entropy", 10.0)
+    assert (grid.selection_scoring_dtype, grid.selection_scoring_batch_size) == ("bfloat16", 32)
+    assert parsed["loss_k4_bf16"].selection_scoring_batch_size is None
+    assert parsed["mms_k2"].selection_scoring_dtype is None
+    assert parsed["uniform_k2"].selection == "uniform" and parsed["baseline"].selection == "none"
+    assert parsed["mms_k2_bf16_until50"].selection_until == 0.5
+    assert parsed["mms_k2_bf16_0.5x"].max_steps == 400 and parsed["baseline_0.6x"].max_steps == 480
+    assert parsed["mmr_ramp"].mmr_alpha_end == 1e-3
+
+
 def test_overhead_measure_gives_ratios():
     work = Workload("tiny bert", lambda: tiny_bert(), TinyTextDataset(n=128), batch=8)
     result = measure(work, steps=3, warmup=1, k=2.0, repeats=1)
