@@ -373,6 +373,10 @@ def cmd_grid(kind: str, args: argparse.Namespace) -> None:
         "short": lambda: short_variants(setting),
     }[kind]()
     if args.only:
+        unknown = sorted(set(args.only) - set(variants))
+        if unknown:
+            hint = f" with --ks {' '.join(f'{k:g}' for k in args.ks)}" if kind == "tta" else ""
+            raise ValueError(f"--only names no {kind} variant{hint}: {unknown}; they are: {', '.join(variants)}.")
         variants = {k: v for k, v in variants.items() if k in set(args.only) | {"baseline"}}
     if args.model_name_or_path:
         setting = Setting(

@@ -92,6 +92,9 @@ def test_every_benchmark_variant_parses_into_the_flags_its_name_promises(tmp_pat
     assert parsed["mms_k2_bf16_until50"].selection_until == 0.5
     assert parsed["mms_k2_bf16_0.5x"].max_steps == 400 and parsed["baseline_0.6x"].max_steps == 480
     assert parsed["mmr_ramp"].mmr_alpha_end == 1e-3
+    # a name that is not a variant (here: k=4 was not asked for) is refused, not silently skipped
+    with pytest.raises(ValueError, match=r"--only names no tta variant with --ks 2: \['mms_k4'\]"):
+        benchmark.main(["--runs_dir", str(tmp_path), "tta", "--setting", "digits", "--ks", "2", "--only", "mms_k4"])
 
 
 def test_overhead_measure_gives_ratios():
