@@ -60,6 +60,12 @@ def _glue(task: str, flags: str, quick: str, note: str, metric: str = "eval_accu
 
 
 _SGD = "--optim sgd --optim_args momentum=0.9 --weight_decay 1e-4"
+# the trained-to-a-plateau recipe on a 10k-image subset (fmnist_long, cifar10_cpu); the settings add --max_steps
+_SUBSET_10K = (
+    "--max_train_samples 10000 --max_eval_samples 2000 --per_device_train_batch_size 64 --eval_steps 100 "
+    "--learning_rate 0.1 --warmup_steps 40 --lr_scheduler_type cosine --optim sgd --optim_args momentum=0.9 "
+    "--weight_decay 5e-4"
+)
 _QUICK_IMAGE = "--max_train_samples 2000 --max_eval_samples 500 --max_steps 40 --eval_steps 20 --bf16 false"
 _QUICK_GLUE = "--max_train_samples 256 --max_eval_samples 64 --max_steps 4 --eval_steps 2 --max_seq_length 64"
 SETTINGS: dict[str, Setting] = {
@@ -77,9 +83,7 @@ SETTINGS: dict[str, Setting] = {
     "fmnist_long": _image(
         "fashion_mnist",
         "cifar_resnet20",
-        "--max_train_samples 10000 --max_eval_samples 2000 --per_device_train_batch_size 64 --max_steps 1200 "
-        "--eval_steps 100 --learning_rate 0.1 --warmup_steps 40 --lr_scheduler_type cosine "
-        "--optim sgd --optim_args momentum=0.9 --weight_decay 5e-4",
+        f"{_SUBSET_10K} --max_steps 1200",
         _QUICK_IMAGE,
         "Fashion-MNIST, 10,000-image train subset, 2,000 test images; CIFAR ResNet-20 (1 channel), batch 64, "
         "SGD lr 0.1 (40 warm-up steps) cosine, weight decay 5e-4, 1,200 steps (7.7 passes).",
@@ -88,9 +92,7 @@ SETTINGS: dict[str, Setting] = {
     "cifar10_cpu": _image(
         "cifar10",
         "cifar_resnet20",
-        "--max_train_samples 10000 --max_eval_samples 2000 --per_device_train_batch_size 64 --max_steps 800 "
-        "--eval_steps 100 --learning_rate 0.1 --warmup_steps 40 --lr_scheduler_type cosine "
-        "--optim sgd --optim_args momentum=0.9 --weight_decay 5e-4",
+        f"{_SUBSET_10K} --max_steps 800",
         _QUICK_IMAGE,
         "CIFAR-10, 10,000-image train subset, 2,000 test images; CIFAR ResNet-20, batch 64, SGD lr 0.1 (40 warm-up "
         "steps) cosine, weight decay 5e-4, 800 steps (5.1 passes).",
@@ -217,7 +219,7 @@ def short_variants(setting: Setting, share: float = 0.6) -> dict[str, list[str]]
         f"mms_cached_{tag}": [*cached, "--max_steps", steps],
         f"mms_cached_biased_{tag}": [*cached, "--selection_easy_rescale", "false", "--max_steps", steps],
         "baseline_0.5x": ["--max_steps", pool_steps],
-        "mms_k2_bf16_0.5x": [*pool("mms", 2, *_BF16), "--max_steps", pool_steps],
+        "mms_k2_bf16_0.5x": pool("mms", 2, *_BF16, "--max_steps", pool_steps),
     }
 
 
@@ -228,7 +230,7 @@ _EARLY_DROPS = ["--lr_scheduler_type", "constant", "--lr_drop_unit", "fraction",
 EARLY_DROP_VARIANTS = {
     "baseline": _FULL_DROPS,
     "baseline_early_0.4x": [*_EARLY_DROPS, "--max_steps", "480"],
-    "mms_k4_bf16_early_0.4x": [*_EARLY_DROPS, "--max_steps", "480", *pool("mms", 4, *_BF16)],
+    "mms_k4_bf16_early_0.4x": pool("mms", 4, *_BF16, *_EARLY_DROPS, "--max_steps", "480"),
 }
 
 
