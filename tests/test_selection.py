@@ -58,3 +58,13 @@ def test_with_two_classes_mms_and_entropy_choose_the_same_samples_and_with_three
     logits, weight = torch.tensor([[2.0, 1.9, -10.0], [0.5, 0.0, 0.0]]), torch.eye(3)
     assert select_by_score(pool_scores("mms", logits, weight), 1, largest=False).tolist() == [0]
     assert select_by_score(pool_scores("entropy", logits), 1, largest=True).tolist() == [1]
+
+
+def test_float32_entropy_ties_the_tiny_margins_of_a_fresh_head_that_mms_keeps_apart():
+    # near logits (a fresh classification head) the two-class entropy is ln 2 - d^2 / 8: margins of 1e-4 and
+    # 2e-4 change it by less than a float32 rounding step, so entropy ties them and keeps the earlier sample
+    logits, weight = torch.tensor([[2e-4, 0.0], [1e-4, 0.0], [0.5, 0.0]]), torch.eye(2)
+    entropy = pool_scores("entropy", logits)
+    assert entropy[0] == entropy[1] > entropy[2]
+    assert select_by_score(entropy, 1, largest=True).tolist() == [0]
+    assert select_by_score(pool_scores("mms", logits, weight), 1, largest=False).tolist() == [1]
