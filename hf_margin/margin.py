@@ -52,7 +52,7 @@ def entropy_scores(logits: torch.Tensor) -> torch.Tensor:
     """
     Entropy of the softmax of each row, `H = -sum_c p_c log p_c`, in float32. The entropy selection
     baseline keeps the largest. Near its maximum H is flat (two classes: `ln 2 - d^2 / 8` for a logit gap
-    `d`), so float32 ties margins below about 1e-3, as a fresh classification head gives; MMS keeps them apart.
+    `d`), so in float32 it ties gaps below about 1e-3, as a fresh classification head gives; MMS does not.
 
     Args:
         logits (`torch.Tensor` of shape `[B, C]`).

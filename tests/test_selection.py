@@ -61,7 +61,7 @@ def test_with_two_classes_mms_and_entropy_choose_the_same_samples_and_with_three
 
 
 def test_float32_entropy_ties_the_tiny_margins_of_a_fresh_head_that_mms_keeps_apart():
-    # near logits (a fresh classification head) the two-class entropy is ln 2 - d^2 / 8: margins of 1e-4 and
+    # near-equal logits (a fresh classification head) the two-class entropy is ln 2 - d^2 / 8: margins of 1e-4 and
     # 2e-4 change it by less than a float32 rounding step, so entropy ties them and keeps the earlier sample
     logits, weight = torch.tensor([[2e-4, 0.0], [1e-4, 0.0], [0.5, 0.0]]), torch.eye(2)
     entropy = pool_scores("entropy", logits)
