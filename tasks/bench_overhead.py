@@ -40,7 +40,8 @@ class StepTimer(TrainerCallback):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         now = time.perf_counter()
-        scoring = getattr(self.trainer, "_scoring_seconds", 0.0)
+        strategy = getattr(self.trainer, "strategy", None)
+        scoring = strategy.stopwatch.total("scoring") if strategy is not None else 0.0
         if self._last is not None:
             self.step_seconds.append(now - self._last)
             self.scoring_seconds.append(scoring - self._last_scoring)
