@@ -6,7 +6,7 @@
     python -m tasks.bench mmr --setting mrpc [--quick]    # MMR accuracy: baseline, constant, ramp
     python -m tasks.bench early --setting fmnist_long     # early LR drop on a 0.4x run vs the full baseline
     python -m tasks.bench short --setting fmnist_long     # the whole schedule compressed to 0.6x
-    python -m tasks.bench suite [--quick] [--list]        # every line of the registry's suite, then the report
+    python -m tasks.bench suite [--quick|--gpu] [--list]  # every line of a registered suite, then the report
     python -m tasks.bench report                          # BENCHMARKS.md from results/*.json
 
 Settings, variants and the suite are data in `tasks/bench/registry.py`. Every grid run is a real recipe run
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.bench.registry import DEFAULT_KS, DEFAULT_SEEDS, KINDS, QUICK_SUITE, SETTINGS, SUITE
+from tasks.bench.registry import DEFAULT_KS, DEFAULT_SEEDS, KINDS, SETTINGS, SUITES
 from tasks.paths import BENCH_RUNS, BENCHMARKS_MD, RESULTS
 
 PROG = "python -m tasks.bench"
@@ -48,8 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tag", default="", help="suffix of the result's name, to keep several grids apart")
         if kind == "tta":
             p.add_argument("--ks", type=float, nargs="+", default=DEFAULT_KS)
-    suite = sub.add_parser("suite", help="run every line of the registry's suite in order, then the report")
-    suite.add_argument("--quick", action="store_true", help="the minutes-long suite on tiny subsets (no report)")
+    suite = sub.add_parser("suite", help="run every line of a registered suite in order, then the report")
+    which = suite.add_mutually_exclusive_group()
+    which.add_argument("--quick", action="store_true", help="the minutes-long suite on tiny subsets (no report)")
+    which.add_argument("--gpu", action="store_true", help="the lines measured on one GPU")
     suite.add_argument("--list", action="store_true", help="print the command lines instead of running them")
     sub.add_parser("report", help="render BENCHMARKS.md from results/")
     parser.add_argument("--results_dir", type=Path, default=RESULTS, help=argparse.SUPPRESS)
@@ -58,13 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def suite_commands(quick: bool = False) -> list[list[str]]:
-    """The argv of every line of the suite, in order."""
-    return [line.argv() for line in (QUICK_SUITE if quick else SUITE)]
+def suite_commands(name: str = "cpu") -> list[list[str]]:
+    """The argv of every line of the suite `name` (cpu, gpu, quick), in order."""
+    return [line.argv() for line in SUITES[name]]
 
 
 def run_suite(args: argparse.Namespace) -> None:
-    commands = suite_commands(args.quick)
+    commands = suite_commands("quick" if args.quick else "gpu" if args.gpu else "cpu")
     if args.list:
         for argv in [*commands, *([] if args.quick else [["report"]])]:
             print(f"{PROG} {shlex.join(argv)}")

@@ -277,7 +277,8 @@ def plotted(name: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The suite: what `make bench` runs, in order (`python -m tasks.bench suite --list` prints the command lines).
+# The suites: what `make bench` runs on the CPU, in order (`python -m tasks.bench suite --list` prints the command
+# lines), the GPU lines, and the quick smoke version (`make bench-quick`).
 
 
 @dataclass(frozen=True)
@@ -350,6 +351,12 @@ SUITE: list[GridLine] = [
     GridLine("tta", "mrpc", (0,), only=("mms_k2_bf16_chunk32", "mms_k2_bf16_chunk32_compile"), tag="compile"),
 ]  # fmt: skip
 
+# On one GPU (`python -m tasks.bench suite --gpu`): full CIFAR-10, the overhead ratios.
+GPU_SUITE: list[GridLine] = [
+    GridLine("overhead"),
+    GridLine("tta", "cifar10", (0,), (4,), ("mms_k4", "uniform_k4")),
+]
+
 # Minutes: every benchmark path on tiny subsets (results go to results/*_quick_*.json).
 QUICK_SUITE: list[GridLine] = [
     GridLine("scoring", quick=True),
@@ -359,3 +366,5 @@ QUICK_SUITE: list[GridLine] = [
     GridLine("early", "fmnist_long", (0,), quick=True),
     GridLine("short", "fmnist_long", (0,), quick=True),
 ]
+
+SUITES = {"cpu": SUITE, "gpu": GPU_SUITE, "quick": QUICK_SUITE}
