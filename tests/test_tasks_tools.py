@@ -114,6 +114,7 @@ def test_scoring_benchmark_times_each_variant_of_the_pool_forward():
     text = measure_variants(tiny_bert(), {"input_ids": ids}, image=False, repeats=2, warmup=1, compile_=False)
     assert list(text) == ["fp32 eager", "bf16 autocast"]
     result = {
+        "benchmark": "scoring",
         "device": "cpu",
         "date": "today",
         "command": "python -m tasks.bench scoring",

@@ -341,7 +341,7 @@ SUITE: list[GridLine] = [
     GridLine("short", "mrpc_3ep", (0,)),
     GridLine("early", "fmnist_long", (0, 1, 2)),
     GridLine("tta", "fmnist_long", only=("mms_k2_bf16", "mms_k2_bf16_until50"), tag="until"),
-    # the same-session control: timings drift by up to 15% between sessions, so the baseline is timed again
+    # the timing control: timings drift by up to 15% from one day to the next, so the baseline is timed again
     GridLine("tta", "fmnist_long", (0, 1, 2), only=("baseline",), tag="recheck", runs_dir="runs/bench_recheck"),
     GridLine("tta", "mrpc", (0,), only=("baseline",), tag="recheck", runs_dir="runs/bench_recheck"),
     GridLine("tta", "mrpc", (0, 1, 2), only=("mms_k2_bf16", "mms_k2_bf16_chunk32"), tag="cheap"),
