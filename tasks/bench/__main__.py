@@ -38,8 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--quick", action="store_true")
     scoring.add_argument("--model_name_or_path", default=None, help="MiniLM directory (default: the package's)")
     scoring.add_argument("--no_compile", action="store_true", help="skip the torch.compile variants")
+    helps = {
+        "tta": "time to accuracy: the baseline against pool selection (criterion x k) and cheaper selections",
+        "mmr": "MMR accuracy: baseline, constant alpha, ramped alpha",
+        "early": "the early learning-rate drop on a 0.4x run against the full baseline",
+        "short": "the whole schedule compressed (0.6x, 0.5x) against the full baseline",
+    }
     for kind in KINDS:
-        p = sub.add_parser(kind)
+        p = sub.add_parser(kind, help=helps[kind])
         p.add_argument("--setting", choices=sorted(SETTINGS), required=True)
         p.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS)
         p.add_argument("--quick", action="store_true", help="minutes: tiny subsets and a few steps")
@@ -118,4 +124,4 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     start = time.time()
     main()
-    print(f"[bench] done in {time.time() - start:.0f} s")
+    print(f"[bench] done in {time.time() - start:.0f} s", file=sys.stderr)
