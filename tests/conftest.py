@@ -83,3 +83,8 @@ def image_data() -> TinyImageDataset:
 
 def pytest_configure(config):
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def bench_dirs(tmp_path) -> list[str]:
+    """`python -m tasks.bench` options that keep a test's runs and results under `tmp_path`."""
+    return ["--results_dir", str(tmp_path / "results"), "--runs_dir", str(tmp_path / "runs")]
