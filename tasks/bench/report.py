@@ -25,6 +25,7 @@ TITLES = {
     "mmr": "MMR accuracy",
     "early": "Early learning-rate drop",
     "short": "Compressed schedule",
+    "prune": "Epoch pruning",
 }
 
 
@@ -96,6 +97,19 @@ def _curves_to_runs(result: dict[str, Any], seed: str) -> list[RunCurves]:
     return runs
 
 
+def _plot(result: dict[str, Any], path: Path, plots: bool) -> list[str]:
+    """The first seed's curves drawn beside the result file, and the markdown line that shows them."""
+    seed = str(result["seeds"][0])
+    runs = _curves_to_runs(result, seed)
+    if not runs:
+        return []
+    png = path.with_suffix(".png")
+    if plots:
+        plot_runs(runs, png, title=f"{result['setting']} on {result['device']} (seed {seed})")
+    shown = png.relative_to(ROOT) if png.is_relative_to(ROOT) else png
+    return ["", f"![{result['setting']}]({shown})"]
+
+
 def grid_section(result: dict[str, Any], path: Path, plots: bool = True) -> list[str]:
     lines = [_title(result), "", *_header(result)]
     if result.get("note"):
@@ -126,15 +140,37 @@ def grid_section(result: dict[str, Any], path: Path, plots: bool = True) -> list
             f"{_fmt(near['seconds_mean'])} | {_fmt(near_ratio, '.2f')} | {_fmt(final['steps_mean'], '.0f')} "
             f"({final['reached']}) | {_fmt(final['seconds_mean'])} | {_fmt(final_ratio, '.2f')} |"
         )
-    seed = str(result["seeds"][0])
-    runs = _curves_to_runs(result, seed)
-    if runs:
-        png = path.with_suffix(".png")
-        if plots:
-            plot_runs(runs, png, title=f"{result['setting']} on {result['device']} (seed {seed})")
-        shown = png.relative_to(ROOT) if png.is_relative_to(ROOT) else png
-        lines += ["", f"![{result['setting']}]({shown})"]
-    return [*lines, ""]
+    return [*lines, *_plot(result, path, plots), ""]
+
+
+def prune_section(result: dict[str, Any], path: Path, plots: bool = True) -> list[str]:
+    """Pruned runs against the baseline and the equal-step control: cost ratios, accuracy, time to the target."""
+    lines = [_title(result), "", *_header(result)]
+    rows, target = result["rows"], result["targets"]["baseline_final"]
+    base = rows["baseline"]
+    base_hit = base["baseline_final"]["seconds_mean"]
+    lines += [
+        f"Seeds {result['seeds']}. Metric `{result['metric']}`; target: the baseline's mean final value "
+        f"{target:.4f}. `x baseline` divides a run's training time (wall, and process CPU, evaluation excluded) by "
+        "the baseline's, same session. `s to target`: mean over the seeds that reached it (reached/seeds); "
+        "`x own` divides it by the baseline's own time to the same target.",
+        "",
+        "| run | steps | final (mean +- std) | train s (mean +- std) | x baseline | CPU x baseline | s to target | "
+        "x own |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        hit = row["baseline_final"]
+        own = None if hit["seconds_mean"] is None or not base_hit else hit["seconds_mean"] / base_hit
+        cpu = row.get("train_cpu_seconds_mean") or 0.0
+        cpu_ratio = cpu / base["train_cpu_seconds_mean"] if cpu and base.get("train_cpu_seconds_mean") else None
+        lines.append(
+            f"| {name} | {row.get('train_steps_mean', 0):.0f} | {row['final_mean']:.4f} +- {row['final_std']:.4f} | "
+            f"{row['train_seconds_mean']:.1f} +- {row.get('train_seconds_std', 0.0):.1f} | "
+            f"{row['train_seconds_mean'] / base['train_seconds_mean']:.2f} | {_fmt(cpu_ratio, '.2f')} | "
+            f"{_fmt(hit['seconds_mean'])} ({hit['reached']}) | {_fmt(own, '.2f')} |"
+        )
+    return [*lines, *_plot(result, path, plots), ""]
 
 
 def result_section(result: dict[str, Any], path: Path, plots: bool = True) -> list[str]:
@@ -144,6 +180,8 @@ def result_section(result: dict[str, Any], path: Path, plots: bool = True) -> li
         body = overhead_section(result)
     elif kind == "scoring":
         body = scoring_section(result)
+    elif kind == "prune":
+        body = prune_section(result, path, plots)
     else:
         body = grid_section(result, path, plots)
     shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
