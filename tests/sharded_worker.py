@@ -19,10 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# Lets accelerate put FSDP / DeepSpeed on CPU processes; must run before any TrainingArguments is built.
-import tests.accelerate_cpu_sharding  # noqa: E402, F401
 from transformers import Trainer, TrainingArguments  # noqa: E402
 
+# Lets accelerate put FSDP / DeepSpeed on CPU processes; must run before any TrainingArguments is built.
+import tests.accelerate_cpu_sharding  # noqa: E402, F401
 from hf_margin import MarginTrainer, MarginTrainingArguments  # noqa: E402
 from tests.conftest import TinyTextDataset, tiny_bert  # noqa: E402
 
