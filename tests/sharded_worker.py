@@ -38,12 +38,14 @@ def engine_args(engine: str) -> dict:
         # sync_module_states needs an accelerator device; every process builds the same model from one seed anyway
         config = {"version": 1, "use_orig_params": engine == "fsdp1_orig", "sync_module_states": False}
         return {"fsdp": True, "fsdp_config": config}
-    if engine == "fsdp2_root":
-        # each BertLayer a unit, the head in the root one. Not the default (the model's _no_split_modules):
-        # accelerate 1.15 wraps BertEmbeddings, then shards its word embeddings again as the input embeddings
-        return {"fsdp": True, "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["BertLayer"]}}
-    if engine == "fsdp2_own":  # every nn.Linear its own unit, the head among them
-        return {"fsdp": True, "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["BertLayer", "Linear"]}}
+    if engine.startswith("fsdp2"):
+        # fsdp2_root: each BertLayer a unit, the head in the root one. Not the default (the model's
+        # _no_split_modules): accelerate 1.15 wraps BertEmbeddings, then shards its word embeddings again as the
+        # input embeddings. fsdp2_own: every nn.Linear a unit too, the head among them.
+        # Sharded checkpoints: a full state dict fails in save_pretrained on CPU (invalid storage), stock Trainer too.
+        layers = ["BertLayer"] if engine == "fsdp2_root" else ["BertLayer", "Linear"]
+        config = {"version": 2, "transformer_layer_cls_to_wrap": layers, "state_dict_type": "SHARDED_STATE_DICT"}
+        return {"fsdp": True, "fsdp_config": config}
     if engine in ("zero2", "zero3"):
         zero = {"stage": int(engine[-1])}
         if engine == "zero3":
@@ -181,6 +183,8 @@ def describe_wrapper(trainer: Trainer) -> dict:
 
     if isinstance(wrapped, FullyShardedDataParallel):
         info["fsdp1_use_orig_params"] = wrapped._use_orig_params
+        flat = wrapped._handle.flat_param  # the root unit's, which holds the head
+        info["fsdp1_root_flat_param"] = {"local": flat.numel(), "unsharded": flat._unpadded_unsharded_size.numel()}
     if type(wrapped).__name__ == "DeepSpeedEngine":
         info["zero_stage"] = wrapped.zero_optimization_stage()
     head = trainer.accelerator.unwrap_model(wrapped).classifier.weight
