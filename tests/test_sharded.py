@@ -196,9 +196,11 @@ def _check_engine(engine: str, ranks: list[dict], ddp: list[dict]) -> None:
 
     # MMR: DDP's penalty at every step, logged with every training loss
     for config in ("mmr", "mms", "resume", "accumulation"):
-        penalty = _logged(run0[config], "mmr_penalty")
+        penalty, expected = _logged(run0[config], "mmr_penalty"), _logged(ddp[0][config], "mmr_penalty")
         assert len(penalty) == len(_train_losses(run0[config])) > 0, config
-        torch.testing.assert_close(penalty, _logged(ddp[0][config], "mmr_penalty"), msg=f"{config} mmr_penalty")
+        if engine == "fsdp1_orig" and config == "resume":  # up to step 3, see the resume check below
+            penalty, expected = penalty[:3], expected[:3]
+        torch.testing.assert_close(penalty, expected, msg=f"{config} mmr_penalty")
 
     # the logged MMS of the trained samples and of the pools is the mean over both processes, with the full weight
     for config in ("off", "mms"):
