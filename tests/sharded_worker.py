@@ -42,10 +42,8 @@ def engine_args(engine: str) -> dict:
         # fsdp2_root: each BertLayer a unit, the head in the root one. Not the default (the model's
         # _no_split_modules): accelerate 1.15 wraps BertEmbeddings, then shards its word embeddings again as the
         # input embeddings. fsdp2_own: every nn.Linear a unit too, the head among them.
-        # Sharded checkpoints: a full state dict fails in save_pretrained on CPU (invalid storage), stock Trainer too.
         layers = ["BertLayer"] if engine == "fsdp2_root" else ["BertLayer", "Linear"]
-        config = {"version": 2, "transformer_layer_cls_to_wrap": layers, "state_dict_type": "SHARDED_STATE_DICT"}
-        return {"fsdp": True, "fsdp_config": config}
+        return {"fsdp": True, "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": layers}}
     if engine in ("zero2", "zero3"):
         zero = {"stage": int(engine[-1])}
         if engine == "zero3":
