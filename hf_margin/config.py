@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
 
@@ -76,8 +76,8 @@ class MarginTrainingArguments(TrainingArguments):
         metadata={
             "help": "Autocast dtype of the scoring forward: None uses the training's own autocast (none in fp32 "
             "training); 'bfloat16' or 'float16' score in that precision whatever the training precision, which "
-            "is much cheaper on hardware with fast half-precision matmuls (measured 1.9-2.7x on a CPU with "
-            "AVX512-BF16). Only the ranking of the pool depends on it.",
+            "is much cheaper on hardware with fast half-precision matmuls. Only the ranking of the pool depends on "
+            "it.",
             "choices": [None, "bfloat16", "float16"],
         },
     )
@@ -95,9 +95,8 @@ class MarginTrainingArguments(TrainingArguments):
         default=False,
         metadata={
             "help": "Run the scoring forward through `torch.compile(model)` (the training forward stays as it is). "
-            "The first steps pay the compile (9-25 s measured on CPU), then scoring ran 1.3-1.4x faster than "
-            "bf16 eager. Text whose padded length varies from step to step recompiles for dynamic shapes, and "
-            "measured slower end to end (BENCHMARKS.md)."
+            "The first steps pay the compile; text whose padded length varies from step to step recompiles for "
+            "dynamic shapes (see BENCHMARKS.md for when it pays)."
         },
     )
     selection_until: float = field(
@@ -127,6 +126,15 @@ class MarginTrainingArguments(TrainingArguments):
         metadata={
             "help": "If set, alpha ramps linearly from `mmr_alpha` at step 0 to `mmr_alpha_end` at the last "
             "step (the papers use 1e-5 -> 1e-3). None keeps alpha constant."
+        },
+    )
+    log_timing: bool = field(
+        default=False,
+        metadata={
+            "help": "Add wall-clock keys to the training logs: `train_seconds` (training time so far, evaluation "
+            "excluded) on every log, and with selection `scoring_time_share` and `break_even_step_ratio`, plus the "
+            "run's totals at the end. Off by default: wall-clock values make a resumed run's log history differ "
+            "from an uninterrupted run's. The end-of-run break-even verdict is logged either way."
         },
     )
     classifier_name: str | None = field(
@@ -166,15 +174,39 @@ class MarginTrainingArguments(TrainingArguments):
         if self.mmr_alpha_end is not None and not self.mmr_alpha_end >= 0.0:
             raise ValueError(f"mmr_alpha_end must be >= 0 or None, got {self.mmr_alpha_end}.")
 
-    @property
-    def selection_enabled(self) -> bool:
-        return self.selection != "none"
+
+@dataclass(frozen=True)
+class MarginSettings:
+    """
+    The margin fields of a run's arguments, read once into typed attributes. A plain `TrainingArguments` gives the
+    defaults: every margin feature off.
+    """
+
+    selection: str = "none"
+    selection_oversample: float = 10.0
+    selection_hard_fraction: float = 0.5
+    selection_easy_rate: float = 0.25
+    selection_easy_rescale: bool = True
+    selection_eval_mode: bool = True
+    selection_scoring_dtype: str | None = None
+    selection_scoring_batch_size: int | None = None
+    selection_scoring_compile: bool = False
+    selection_until: float = 1.0
+    selection_trim_padding: bool = True
+    mmr_alpha: float = 0.0
+    mmr_alpha_end: float | None = None
+    log_timing: bool = False
+    classifier_name: str | None = None
+
+    @classmethod
+    def from_args(cls, args: TrainingArguments) -> MarginSettings:
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
 
     @property
-    def mmr_enabled(self) -> bool:
+    def mmr_on(self) -> bool:
         return self.mmr_alpha > 0.0 or bool(self.mmr_alpha_end)
 
     @property
-    def selection_pool_size(self) -> int:
-        """Samples scored per device and step: round(k * per_device_train_batch_size)."""
-        return max(round(self.selection_oversample * self.per_device_train_batch_size), 1)
+    def is_stock(self) -> bool:
+        """Every margin feature off: the trainer must then be exactly `Trainer`."""
+        return self.selection == "none" and not self.mmr_on

@@ -34,7 +34,11 @@ def pool_scores(
 
     Returns:
         `torch.Tensor` of shape `[P]`, float32.
+
+    Raises:
+        `FloatingPointError` when a logit is NaN or infinite: every criterion refuses alike.
     """
+    check_finite_logits(logits, "selection")
     if criterion == "mms":
         if weight is None:
             raise ValueError("selection='mms' needs the weight of the last linear layer.")
@@ -75,6 +79,33 @@ def select_uniform(pool_size: int, keep: int, generator: torch.Generator) -> tor
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}.")
     return torch.randperm(pool_size, generator=generator)[:keep].sort().values
+
+
+def selecting_at(step: int, max_steps: int, until: float) -> bool:
+    """Whether optimizer step `step` still selects: `until` (in (0, 1]) of `max_steps` not yet reached."""
+    return until >= 1.0 or step < until * max_steps
+
+
+def logs_after(step: int, logging_steps: int | float, every_step: bool = False) -> bool:
+    """
+    Whether a training log follows optimizer step `step` (0-based; the Trainer logs when `step + 1` is a multiple of
+    `logging_steps`). Per-step traces are read on that step only, off the other steps' hot path. `every_step` (a
+    logging strategy other than "steps") reads them on every step.
+    """
+    if every_step or not logging_steps:
+        return True
+    return (step + 1) % logging_steps == 0
+
+
+def check_finite_logits(logits: torch.Tensor, field_name: str) -> None:
+    """A `FloatingPointError` naming the field when scores would be computed from NaN or infinite logits."""
+    bad = (~torch.isfinite(logits)).any(dim=-1)
+    if bool(bad.any()):
+        raise FloatingPointError(
+            f"{field_name}: the model returned non-finite logits for {int(bad.sum())} of {bad.numel()} samples, so "
+            "they cannot be ranked (NaN would sort first for some criteria and last for others). The training has "
+            "diverged or the inputs hold NaN: lower the learning rate, check the data, or use bf16 instead of fp16."
+        )
 
 
 def linear_ramp(start: float, end: float | None, step: int, total_steps: int) -> float:

@@ -66,7 +66,7 @@ from transformers import (
     set_seed,
 )
 
-from hf_margin import MarginTrainer, MarginTrainingArguments
+from hf_margin import MarginSettings, MarginTrainer, MarginTrainingArguments
 from tasks.common import write_run_metrics
 from tasks.glue_metrics import GLUE_METRIC_NAMES, make_compute_metrics
 
@@ -436,23 +436,11 @@ def build_model(task: GlueTask, task_args: GlueTaskArguments) -> PreTrainedModel
 
 
 def check_margin_supported(task: GlueTask, args: MarginTrainingArguments) -> None:
-    """Refuse margin training on a regression task (STS-B) before anything is loaded."""
-    if not task.is_regression:
-        return
-    used = [
-        flag
-        for flag, on in (
-            (f"--selection {args.selection}", args.selection != "none"),
-            (f"--mmr_alpha {args.mmr_alpha}", args.mmr_alpha > 0.0),
-            (f"--mmr_alpha_end {args.mmr_alpha_end}", args.mmr_alpha_end is not None),
-        )
-        if on
-    ]
-    if used:
+    """Refuse margin training on a regression task (STS-B) before anything is loaded; the trainer would, later."""
+    if task.is_regression and not MarginSettings.from_args(args).is_stock:
         raise ValueError(
             f"GLUE {task.name} is a regression task (one output, no class logits): margin selection and MMR "
-            f"need a classifier, so {', '.join(used)} cannot be used; run it with --selection none and no "
-            "--mmr_alpha/--mmr_alpha_end."
+            "need a classifier; run it with --selection none and no --mmr_alpha/--mmr_alpha_end."
         )
 
 
@@ -482,6 +470,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         formatter_class=_HelpFormatter,
     )
     task_args, training_args = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    if not any(t.split("=")[0] == "--log_timing" for t in (sys.argv[1:] if argv is None else argv)):
+        training_args.log_timing = True  # recipes record train_seconds: the time axis of their plots and benchmarks
     task = GLUE_TASKS[task_args.task_name]
     check_margin_supported(task, training_args)
 

@@ -431,6 +431,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[ImageArguments, Margi
     defaults = [tok for key, value in preset.items() if key not in explicit for tok in (f"--{key}", str(value))]
     parser = HfArgumentParser((ImageArguments, MarginTrainingArguments))
     image_args, training_args = parser.parse_args_into_dataclasses(args=defaults + argv)
+    if "log_timing" not in explicit:
+        training_args.log_timing = True  # recipes record train_seconds: the time axis of their plots and benchmarks
     if image_args.lr_drops is not None and training_args.lr_scheduler_type != "constant":
         raise ValueError(
             f"lr_drops sets a step schedule, which replaces lr_scheduler_type={training_args.lr_scheduler_type!r}; "

@@ -27,7 +27,7 @@ def main(out_dir: str, mode: str = "mms") -> None:
     calls = []
 
     def record(module, args, kwargs, output):
-        calls.append({"scoring": torch.is_inference_mode_enabled(), "rows": kwargs["input_ids"].tolist()})
+        calls.append({"scoring": not torch.is_grad_enabled(), "rows": kwargs["input_ids"].tolist()})
 
     model.register_forward_hook(record, with_kwargs=True)
     args = worker_args(out_dir, selection="mms", selection_oversample=3, max_steps=3, mmr_alpha=1e-3)
@@ -51,8 +51,8 @@ def cached(out_dir: str) -> None:
     result = {
         "rank": args.process_index,
         "global_step": trainer.state.global_step,
-        "margins": trainer._cache.margins.tolist(),
-        "updated_step": trainer._cache.updated_step.tolist(),
+        "margins": trainer.strategy.cache.margins.tolist(),
+        "updated_step": trainer.strategy.cache.updated_step.tolist(),
     }
     Path(out_dir, f"rank{args.process_index}.json").write_text(json.dumps(result))
 

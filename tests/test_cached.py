@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from hf_margin import MarginTrainer, minimal_margin_scores
 from hf_margin.margin import weighted_cross_entropy
 from hf_margin.selection import CachedMarginSampler, MarginCache, plan_cached_pass
-from hf_margin.trainer import INDEX_KEY, WEIGHT_KEY
+from hf_margin.strategies.cached import INDEX_KEY, WEIGHT_KEY
 from tests.conftest import TinyImageDataset, TinyTextDataset, tiny_bert, tiny_timm
 from tests.test_trainer import ForwardRecorder, margin_args
 
@@ -143,7 +143,7 @@ def test_cached_selection_scores_with_the_training_forward_only(tmp_path):
     data = TinyTextDataset(n=64)
     model = tiny_bert(dropout=0.0)
     recorder = ForwardRecorder(model, "input_ids", model.classifier)
-    args = cached_args(tmp_path, num_train_epochs=3, max_steps=-1, selection_hard_fraction=0.25)
+    args = cached_args(tmp_path, num_train_epochs=3, max_steps=-1, selection_hard_fraction=0.25, log_timing=True)
     trainer = MarginTrainer(model=model, args=args, train_dataset=data)
     trainer.train()
     assert trainer.state.global_step == 24  # 3 epochs of 64 / 8: the epoch keeps its length
@@ -158,8 +158,8 @@ def test_cached_selection_scores_with_the_training_forward_only(tmp_path):
             last_mms[index] = mms
     assert sorted(per_epoch[0]) == list(range(64))  # the first epoch trains on (and so scores) every sample once
     assert len(set(per_epoch[1])) < 64  # later epochs repeat hard samples and skip some easy ones
-    cached = trainer._cache.margins
-    assert trainer._cache.known_share() == 1.0
+    cached = trainer.strategy.cache.margins
+    assert trainer.strategy.cache.known_share() == 1.0
     torch.testing.assert_close(cached, torch.tensor([last_mms[i] for i in range(64)]), rtol=1e-5, atol=1e-6)
     logs = [h for h in trainer.state.log_history if "loss" in h]
     # counted as drawn: the loader draws one batch ahead, so the log of step 8 may count the second epoch's first
@@ -184,8 +184,8 @@ def test_cached_loss_is_the_weighted_cross_entropy_and_updates_the_cache(tmp_pat
     logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     torch.testing.assert_close(loss, weighted_cross_entropy(logits, batch["labels"], batch[WEIGHT_KEY]))
     mms = minimal_margin_scores(logits, trainer.model.classifier.weight)
-    torch.testing.assert_close(trainer._cache.margins[[7, 3, 9, 1]], mms)
-    assert trainer._cache.margins.isnan().sum() == 28
+    torch.testing.assert_close(trainer.strategy.cache.margins[[7, 3, 9, 1]], mms)
+    assert trainer.strategy.cache.margins.isnan().sum() == 28
 
 
 def test_cached_selection_with_everything_kept_trains_on_each_sample_once_per_epoch(tmp_path):
@@ -206,7 +206,7 @@ def test_cached_selection_drives_a_timm_model_with_gradient_accumulation(tmp_pat
     trainer = MarginTrainer(model=tiny_timm(), args=args, train_dataset=data)
     before = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.train()
-    assert trainer.state.global_step == 6 and trainer._cache.known_share() == 1.0
+    assert trainer.state.global_step == 6 and trainer.strategy.cache.known_share() == 1.0
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
 
 
@@ -216,17 +216,17 @@ def test_the_margin_cache_is_saved_with_checkpoints_and_restored_on_resume(tmp_p
     first = MarginTrainer(model=tiny_bert(), args=args, train_dataset=data)
     first.train()
     checkpoint = os.path.join(args.output_dir, "checkpoint-10")
-    assert "margin_cache" in torch.load(os.path.join(checkpoint, "margin_state_0.pt"), weights_only=True)
+    assert "margin_cache" in torch.load(os.path.join(checkpoint, "margin_state_0.pt"), weights_only=True)["strategy"]
     args = cached_args(tmp_path, max_steps=12, output_dir=str(tmp_path / "resumed"))
     resumed = MarginTrainer(model=tiny_bert(), args=args, train_dataset=data)
     resumed.train(resume_from_checkpoint=checkpoint)
     assert resumed.state.global_step == 12
-    known_before = ~first._cache.margins.isnan()
+    known_before = ~first.strategy.cache.margins.isnan()
     assert known_before.sum() == 64  # 8 steps of 8 covered the first epoch
-    assert (resumed._cache.updated_step >= 0).all() and (resumed._cache.updated_step <= 11).all()
-    untouched = resumed._cache.updated_step < 10  # not trained since the resume: as saved
+    assert (resumed.strategy.cache.updated_step >= 0).all() and (resumed.strategy.cache.updated_step <= 11).all()
+    untouched = resumed.strategy.cache.updated_step < 10  # not trained since the resume: as saved
     assert untouched.any()
-    torch.testing.assert_close(resumed._cache.margins[untouched], first._cache.margins[untouched])
+    torch.testing.assert_close(resumed.strategy.cache.margins[untouched], first.strategy.cache.margins[untouched])
 
 
 def test_cached_selection_bad_input(tmp_path):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from transformers import RobertaConfig, RobertaForSequenceClassification
 
-from hf_margin import FeatureCapture, find_classifier
+from hf_margin import HeadTap, find_classifier, multi_margin_penalty
 from tests.conftest import tiny_bert, tiny_timm
 
 
@@ -54,15 +54,25 @@ def test_no_linear_head_is_a_clear_error():
         find_classifier(net)
 
 
-def test_feature_capture_reads_the_input_of_the_head_only_when_asked():
-    model = tiny_bert(dropout=0.0).eval()
-    capture = FeatureCapture(model.classifier)
+def test_head_tap_reads_the_head_inside_its_forward_only_when_watching():
+    model = tiny_bert(num_labels=3, dropout=0.0).eval()
+    tap = HeadTap(model.classifier)
     ids = torch.randint(5, 100, (3, 7))
     model(input_ids=ids)
-    assert capture.features is None
-    with capture.capture():
+    assert tap.features is None and tap.weight is None
+    labels = torch.tensor([0, 2, 1])
+    with tap.watching(labels=labels):
         logits = model(input_ids=ids).logits
-    features = capture.pop()
-    assert features.shape == (3, 32)
-    torch.testing.assert_close(model.classifier(features), logits)
-    capture.remove()
+    assert tap.features.shape == (3, 32)
+    torch.testing.assert_close(model.classifier(tap.features), logits)
+    assert torch.equal(tap.weight, model.classifier.weight) and not tap.weight.requires_grad
+    assert tap.weight.data_ptr() != model.classifier.weight.data_ptr()  # a copy: sharding engines free theirs
+    torch.testing.assert_close(
+        tap.penalty, multi_margin_penalty(tap.features, logits, labels, model.classifier.weight)
+    )
+    tap.penalty.backward()  # the penalty's gradient reaches the head's weight
+    assert model.classifier.weight.grad is not None and model.classifier.weight.grad.abs().sum() > 0
+    tap.remove()
+    with tap.watching():
+        model(input_ids=ids)
+    assert tap.weight is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 
@@ -17,7 +18,7 @@ from transformers import (
 )
 
 from hf_margin import MarginTrainer, MarginTrainingArguments
-from hf_margin.trainer import _index_batch, _trim_padding
+from hf_margin.batch import index_batch, trim_padding
 from tests.conftest import TinyImageDataset, TinyTextDataset, tiny_bert, tiny_timm
 
 
@@ -49,7 +50,7 @@ class ForwardRecorder:
         model.register_forward_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module, args, kwargs, output):
-        scoring = torch.is_inference_mode_enabled()
+        scoring = not torch.is_grad_enabled()
         self.calls.append(
             {
                 "scoring": scoring,
@@ -145,7 +146,7 @@ def test_timm_mms_through_the_same_trainer(tmp_path, image_data):
     args = margin_args(tmp_path, selection="mms", selection_oversample=3, max_steps=3)
     trainer = MarginTrainer(model=model, args=args, train_dataset=image_data)
     trainer.train()
-    assert trainer._head_name == "timm_model.fc"
+    assert trainer.head_name == "timm_model.fc"
     _check_selected(recorder, "mms", keep=8)
     # eval-mode scoring leaves BatchNorm statistics to the training forwards: 3 updates, not 6
     assert int(model.timm_model.bn1.num_batches_tracked) == 3
@@ -187,12 +188,12 @@ def test_trimmed_selection_equals_collating_the_selected_samples_alone(padding_s
     collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
     pool = collate(features)
     for chosen in ([0, 2], [4, 5, 0], [3], [1, 3]):
-        trimmed = _trim_padding(_index_batch(pool, torch.tensor(chosen), len(features)), multiple)
+        trimmed = trim_padding(index_batch(pool, torch.tensor(chosen), len(features)), multiple)
         alone = collate([features[i] for i in chosen])
         assert trimmed.keys() == alone.keys()
         for key in alone:
             assert torch.equal(trimmed[key], alone[key]), (padding_side, multiple, chosen, key)
-    assert _trim_padding({"pixel_values": torch.zeros(2, 3, 4, 4)})["pixel_values"].shape == (2, 3, 4, 4)
+    assert trim_padding({"pixel_values": torch.zeros(2, 3, 4, 4)})["pixel_values"].shape == (2, 3, 4, 4)
 
 
 class VariableLengthText(torch.utils.data.Dataset):
@@ -237,9 +238,7 @@ def test_scoring_in_length_sorted_micro_batches_chooses_the_same_samples(tmp_pat
         model = tiny_bert(dropout=0.0)
         seen = calls[size] = []
         model.register_forward_hook(
-            lambda m, a, kw, out, seen=seen: seen.append(
-                (torch.is_inference_mode_enabled(), kw["attention_mask"].clone())
-            ),
+            lambda m, a, kw, out, seen=seen: seen.append((not torch.is_grad_enabled(), kw["attention_mask"].clone())),
             with_kwargs=True,
         )
         args = margin_args(
@@ -263,8 +262,8 @@ def _chosen_input_ids(tmp_path, **overrides) -> list[torch.Tensor]:
     args = margin_args(tmp_path, selection="mms", selection_oversample=4, max_steps=3, **overrides)
     data = TinyTextDataset(num_labels=3)
     trainer = MarginTrainer(model=tiny_bert(num_labels=3, dropout=0.0), args=args, train_dataset=data)
-    batches, select = [], trainer._select_from_pool
-    trainer._select_from_pool = lambda pool: batches.append(select(pool)) or batches[-1]
+    batches, select = [], trainer.strategy.select
+    trainer.strategy.select = lambda trainer, pool: batches.append(select(trainer, pool)) or batches[-1]
     trainer.train()
     return [batch["input_ids"] for batch in batches]
 
@@ -282,9 +281,7 @@ def test_compiled_scoring_chooses_what_eager_scoring_chooses(tmp_path):
 def test_selection_until_stops_selecting_after_that_share_of_the_steps(tmp_path, text_data):
     model = tiny_bert()
     scoring = []
-    model.register_forward_hook(
-        lambda m, a, kw, out: scoring.append(torch.is_inference_mode_enabled()), with_kwargs=True
-    )
+    model.register_forward_hook(lambda m, a, kw, out: scoring.append(not torch.is_grad_enabled()), with_kwargs=True)
     args = margin_args(tmp_path, selection="mms", selection_oversample=2, max_steps=48, selection_until=0.25)
     trainer = MarginTrainer(model=model, args=args, train_dataset=text_data)
     trainer.train()
@@ -327,10 +324,13 @@ def test_one_epoch_scores_every_sample_once_and_has_k_times_fewer_steps(tmp_path
     assert len(pools) == 256 and len({tuple(r.tolist()) for r in pools}) == distinct_in_data
 
 
-def test_selection_logs(tmp_path, text_data, capsys):
-    args = margin_args(tmp_path, selection="mms", selection_oversample=4, max_steps=4, logging_steps=2)
+def test_selection_logs(tmp_path, text_data, caplog):
+    args = margin_args(
+        tmp_path, selection="mms", selection_oversample=4, max_steps=4, logging_steps=2, log_timing=True
+    )
     trainer = MarginTrainer(model=tiny_bert(), args=args, train_dataset=text_data)
-    trainer.train()
+    with caplog.at_level(logging.INFO, logger="hf_margin"):
+        trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 2
     for h in logs:
@@ -344,7 +344,7 @@ def test_selection_logs(tmp_path, text_data, capsys):
     # a step costs the plain step plus scoring plus the extra (k - 1) / k of loading the pool
     expected = 1 - final["selection_time_share"] - final["pool_loading_time_share"] * 3 / 4
     assert final["break_even_step_ratio"] == pytest.approx(expected, abs=2e-4)
-    verdict = capsys.readouterr().out
+    verdict = caplog.text
     assert "hf_margin: selection=mms k=4 spent" in verdict and "of the optimizer steps" in verdict
 
 

@@ -1,0 +1,20 @@
+"""One strategy object per selection mechanism; `build_strategy` picks it from the settings."""
+
+from __future__ import annotations
+
+from ..config import MarginSettings
+from .base import MetricBuffer, SelectionStrategy
+from .cached import CachedSelection
+from .pool import PoolSelection
+
+
+def build_strategy(settings: MarginSettings) -> SelectionStrategy:
+    """The mechanism the settings ask for: none, a scored pool, or cached margins."""
+    if settings.selection == "none":
+        return SelectionStrategy(settings)
+    if settings.selection == "mms_cached":
+        return CachedSelection(settings)
+    return PoolSelection(settings)
+
+
+__all__ = ["CachedSelection", "MetricBuffer", "PoolSelection", "SelectionStrategy", "build_strategy"]
