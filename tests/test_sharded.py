@@ -153,6 +153,7 @@ def _check_engine(engine: str, ranks: list[dict], ddp: list[dict]) -> None:
     run0 = ranks[0]
 
     # every feature off: stock Trainer's losses and weights, on this engine
+    assert [sorted(h) for h in run0["off"]["logs"]] == [sorted(h) for h in run0["stock"]["logs"]]  # no margin logs
     torch.testing.assert_close(_train_losses(run0["off"]), _train_losses(run0["stock"]))
     torch.testing.assert_close(torch.tensor(run0["off"]["classifier"]), torch.tensor(run0["stock"]["classifier"]))
 
@@ -203,7 +204,7 @@ def _check_engine(engine: str, ranks: list[dict], ddp: list[dict]) -> None:
         torch.testing.assert_close(penalty, expected, msg=f"{config} mmr_penalty")
 
     # the logged MMS of the trained samples and of the pools is the mean over both processes, with the full weight
-    for config in ("off", "mms"):
+    for config in ("mmr", "mms", "cached"):
         expected = [
             (_mean_mms(f0) + _mean_mms(f1)) / 2
             for f0, f1 in zip(_split(ranks[0][config])[1], _split(ranks[1][config])[1])
