@@ -55,7 +55,6 @@ def engine_args(engine: str) -> dict:
             "train_batch_size": "auto",
             "gradient_accumulation_steps": "auto",
             "gradient_clipping": "auto",
-            "zero_allow_untested_optimizer": True,  # the Trainer's torch AdamW
         }
         return {"deepspeed": config}
     raise ValueError(f"unknown engine {engine!r}")
