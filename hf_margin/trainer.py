@@ -25,7 +25,7 @@ from .margin import minimal_margin_scores
 from .regularization import MultiMarginRegularizer
 from .selection import logs_after
 from .strategies import MetricBuffer, build_strategy
-from .strategies.base import check_labels
+from .strategies.base import check_labels, check_single_label, first_sample
 
 logger = logging.get_logger(__name__)
 
@@ -162,6 +162,10 @@ class MarginTrainer(Trainer):
         self.strategy.check_dataset(self, dataset)
         if self.mmr_on:
             check_labels("mmr_alpha", "MMR", dataset, self.label_names)
+        first = first_sample(dataset) if self.strategy.name != "uniform" else None
+        labels = find_labels(first, self.label_names) if isinstance(first, Mapping) else None
+        if labels is not None:
+            check_single_label(self._field, labels)  # even label-free criteria: a top-2 margin means nothing there
 
     # ---- training: bind to the model `train()` trains (model_init builds a new one) ----
 

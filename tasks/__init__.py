@@ -1,1 +1,2 @@
-"""Recipes built on hf_margin (GLUE, images, plots, benchmarks). Never imported by the library."""
+"""Recipes built on hf_margin (GLUE, images, plots) and the benchmarks (`tasks.bench`). Never imported by the
+library."""

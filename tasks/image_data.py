@@ -39,10 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from tasks.paths import SHARED_DATA
+
 logger = logging.getLogger(__name__)
 
-# tasks/image_data.py -> <repo> -> its parent holds the shared data folder.
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_DATA_DIR = SHARED_DATA  # ../shared/data beside the repository
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 AUGMENTATIONS = ("auto", "none", "flip", "crop", "crop_flip")

@@ -13,8 +13,7 @@ from hf_margin import MarginTrainer, minimal_margin_scores
 from hf_margin.margin import weighted_cross_entropy
 from hf_margin.selection import CachedMarginSampler, MarginCache, plan_cached_pass
 from hf_margin.strategies.cached import INDEX_KEY, WEIGHT_KEY
-from tests.conftest import TinyImageDataset, TinyTextDataset, tiny_bert, tiny_timm
-from tests.test_trainer import ForwardRecorder, margin_args
+from tests.conftest import ForwardRecorder, TinyImageDataset, TinyTextDataset, margin_args, tiny_bert, tiny_timm
 
 # ---- the pure parts ----
 

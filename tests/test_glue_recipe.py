@@ -37,9 +37,10 @@ from tasks.glue_metrics import (
     pearson,
     spearman,
 )
+from tasks.paths import SHARED_DATA
 
 # CI checks out ../shared beside the repository.
-GLUE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+GLUE_DIR = SHARED_DATA / "glue"
 TINY_BERT = json.dumps({"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37})
 
 

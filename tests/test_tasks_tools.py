@@ -7,9 +7,12 @@ import json
 import pytest
 import torch
 
-from tasks import benchmark, demo, plot
-from tasks.bench_overhead import Workload, measure
-from tests.conftest import TinyTextDataset, tiny_bert
+from tasks import demo, plot
+from tasks.bench import registry
+from tasks.bench.__main__ import main as bench
+from tasks.bench.overhead import Workload, measure
+from tasks.bench.report import render_report, scoring_section
+from tests.conftest import TinyTextDataset, bench_dirs, tiny_bert
 
 
 def test_plot_writes_a_png_from_two_runs(tmp_path):
@@ -32,8 +35,8 @@ def test_plot_refuses_a_folder_that_is_not_a_run(tmp_path):
 
 
 def test_benchmark_grid_and_report_in_quick_mode(tmp_path):
-    common = ["--results_dir", str(tmp_path / "results"), "--runs_dir", str(tmp_path / "runs")]
-    benchmark.main([*common, "tta", "--setting", "digits", "--quick", "--seeds", "0", "--ks", "2", "--only", "mms_k2"])
+    common = bench_dirs(tmp_path)
+    bench([*common, "tta", "--setting", "digits", "--quick", "--seeds", "0", "--ks", "2", "--only", "mms_k2"])
     result = json.loads(next((tmp_path / "results").glob("tta_digits_quick_*.json")).read_text())
     assert set(result["rows"]) == {"baseline", "mms_k2"}
     base = result["rows"]["baseline"]
@@ -42,10 +45,8 @@ def test_benchmark_grid_and_report_in_quick_mode(tmp_path):
     assert result["rows"]["mms_k2"]["selection_time_share_mean"] > 0
     # resumable: a second call finds the finished runs and only summarises them again
     before = (tmp_path / "runs" / "digits_quick" / "tta" / "baseline_s0" / "metrics.json").stat().st_mtime
-    benchmark.main([*common, "tta", "--setting", "digits", "--quick", "--seeds", "0", "--ks", "2", "--only", "mms_k2"])
+    bench([*common, "tta", "--setting", "digits", "--quick", "--seeds", "0", "--ks", "2", "--only", "mms_k2"])
     assert (tmp_path / "runs" / "digits_quick" / "tta" / "baseline_s0" / "metrics.json").stat().st_mtime == before
-
-    from tasks.bench_report import render_report
 
     report = render_report(tmp_path / "results", tmp_path / "BENCHMARKS.md").read_text()
     assert "Time to accuracy: digits_quick" in report and "| mms_k2 |" in report
@@ -53,18 +54,16 @@ def test_benchmark_grid_and_report_in_quick_mode(tmp_path):
 
 
 def test_benchmark_early_drop_and_cached_variants_in_quick_mode(tmp_path):
-    common = ["--results_dir", str(tmp_path / "results"), "--runs_dir", str(tmp_path / "runs")]
-    benchmark.main([*common, "early", "--setting", "digits", "--quick", "--seeds", "0"])
-    benchmark.main([*common, "tta", "--setting", "digits", "--quick", "--seeds", "0", "--only", "mms_cached"])
+    common = bench_dirs(tmp_path)
+    bench([*common, "early", "--setting", "digits", "--quick", "--seeds", "0"])
+    bench([*common, "tta", "--setting", "digits", "--quick", "--seeds", "0", "--only", "mms_cached"])
     early = json.loads(next((tmp_path / "results").glob("early_digits_quick_*.json")).read_text())
-    assert set(early["rows"]) == set(benchmark.EARLY_DROP_VARIANTS)
+    assert set(early["rows"]) == set(registry.EARLY_DROP_VARIANTS)
     assert early["rows"]["mms_k4_bf16_early_0.4x"]["selection_time_share_mean"] > 0
     cached = json.loads(next((tmp_path / "results").glob("tta_digits_quick_*.json")).read_text())
     assert set(cached["rows"]) == {"baseline", "mms_cached"}
     run = tmp_path / "runs" / "digits_quick" / "tta" / "mms_cached_s0" / "metrics.json"
     assert json.loads(run.read_text())["selection"] == "mms_cached"
-
-    from tasks.bench_report import render_report
 
     report = render_report(tmp_path / "results", tmp_path / "BENCHMARKS.md").read_text()
     assert "Early learning-rate drop: digits_quick" in report and "| mms_cached |" in report
@@ -73,13 +72,9 @@ def test_benchmark_early_drop_and_cached_variants_in_quick_mode(tmp_path):
 def test_every_benchmark_variant_parses_into_the_flags_its_name_promises(tmp_path):
     from tasks.image import parse_args
 
-    setting = benchmark.SETTINGS["cifar10_cpu"]
-    variants = {
-        **benchmark.tta_variants([2, 4, 10]),
-        **benchmark.short_variants(setting),
-        **benchmark.EARLY_DROP_VARIANTS,
-        **benchmark.MMR_VARIANTS,
-    }
+    setting = registry.SETTINGS["cifar10_cpu"]
+    variants = {kind: registry.variants_of(kind, setting, [2, 4, 10]) for kind in registry.KINDS}
+    variants = {name: flags for per_kind in variants.values() for name, flags in per_kind.items()}
     parsed = {
         name: parse_args([*setting.argv, *extra, "--output_dir", str(tmp_path)])[1] for name, extra in variants.items()
     }
@@ -94,7 +89,7 @@ def test_every_benchmark_variant_parses_into_the_flags_its_name_promises(tmp_pat
     assert parsed["mmr_ramp"].mmr_alpha_end == 1e-3
     # a name that is not a variant (here: k=4 was not asked for) is refused, not silently skipped
     with pytest.raises(ValueError, match=r"--only names no tta variant with --ks 2: \['mms_k4'\]"):
-        benchmark.main(["--runs_dir", str(tmp_path), "tta", "--setting", "digits", "--ks", "2", "--only", "mms_k4"])
+        bench(["--runs_dir", str(tmp_path), "tta", "--setting", "digits", "--ks", "2", "--only", "mms_k4"])
 
 
 def test_overhead_measure_gives_ratios():
@@ -106,8 +101,7 @@ def test_overhead_measure_gives_ratios():
 
 
 def test_scoring_benchmark_times_each_variant_of_the_pool_forward():
-    from tasks.bench_report import scoring_section
-    from tasks.bench_scoring import measure_variants, pool_forward
+    from tasks.bench.scoring import measure_variants, pool_forward
     from tests.conftest import tiny_timm
 
     images = {"pixel_values": torch.randn(4, 3, 16, 16)}
@@ -120,9 +114,10 @@ def test_scoring_benchmark_times_each_variant_of_the_pool_forward():
     text = measure_variants(tiny_bert(), {"input_ids": ids}, image=False, repeats=2, warmup=1, compile_=False)
     assert list(text) == ["fp32 eager", "bf16 autocast"]
     result = {
+        "benchmark": "scoring",
         "device": "cpu",
         "date": "today",
-        "command": "python -m tasks.benchmark scoring",
+        "command": "python -m tasks.bench scoring",
         "software": {"torch": "t", "transformers": "x", "timm": "y", "python": "3"},
         "results": [{"setting": "tiny", "variants": vision}],
     }

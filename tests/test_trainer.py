@@ -17,73 +17,18 @@ from transformers import (
     TrainingArguments,
 )
 
-from hf_margin import MarginTrainer, MarginTrainingArguments
+from hf_margin import MarginTrainer
 from hf_margin.batch import index_batch, trim_padding
-from tests.conftest import TinyImageDataset, TinyTextDataset, tiny_bert, tiny_timm
-
-
-def margin_args(tmp_path, cls=MarginTrainingArguments, **overrides) -> MarginTrainingArguments:
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=8,
-        max_steps=4,
-        logging_steps=1,
-        learning_rate=1e-3,
-        report_to="none",
-        use_cpu=True,
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=7,
-    )
-    return cls(**{**defaults, **overrides})
-
-
-def losses(trainer: Trainer) -> list[float]:
-    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
-
-
-class ForwardRecorder:
-    """Records, per forward of `model`, whether it was a scoring pass and what it saw and returned."""
-
-    def __init__(self, model: nn.Module, input_key: str, head: nn.Linear):
-        self.head, self.input_key, self.calls = head, input_key, []
-        model.register_forward_hook(self._hook, with_kwargs=True)
-
-    def _hook(self, module, args, kwargs, output):
-        scoring = not torch.is_grad_enabled()
-        self.calls.append(
-            {
-                "scoring": scoring,
-                "inputs": kwargs[self.input_key].detach().clone(),
-                "logits": output.logits.detach().clone().float(),
-                "weight": self.head.weight.detach().clone().float(),
-                "training": module.training,
-            }
-        )
-
-    def steps(self) -> list[tuple[dict, dict]]:
-        """(scoring pass, training pass) pairs, in order."""
-        calls = [c for c in self.calls]
-        assert [c["scoring"] for c in calls] == [True, False] * (len(calls) // 2)
-        return list(zip(calls[0::2], calls[1::2]))
-
-
-def naive_mms(logits: torch.Tensor, weight: torch.Tensor) -> list[float]:
-    out = []
-    for row in logits:
-        order = sorted(range(len(row)), key=lambda c: -float(row[c]))
-        i1, i2 = order[0], order[1]
-        out.append(float(row[i1] - row[i2]) / float((weight[i1] - weight[i2]).norm()))
-    return out
-
-
-def naive_entropy(logits: torch.Tensor) -> list[float]:
-    return [float(-(p * p.log()).sum()) for p in logits.softmax(1)]
-
-
-def naive_loss(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
-    return [float(-row.log_softmax(0)[y]) for row, y in zip(logits, labels)]
-
+from tests.conftest import (
+    ForwardRecorder,
+    TinyImageDataset,
+    TinyTextDataset,
+    check_selected,
+    losses,
+    margin_args,
+    tiny_bert,
+    tiny_timm,
+)
 
 # ---- off by default: exactly a Trainer ----
 
@@ -111,24 +56,6 @@ def test_plain_training_arguments_mean_margins_off(tmp_path, text_data):
 # ---- selection: what reaches the backward pass ----
 
 
-def _check_selected(recorder: ForwardRecorder, criterion: str, keep: int, labels_of=None):
-    steps = recorder.steps()
-    assert steps, "no training step ran"
-    for scoring, training in steps:
-        assert not scoring["training"], "the pool must be scored in eval mode"
-        assert training["training"]
-        pool, logits = scoring["inputs"], scoring["logits"]
-        if criterion == "mms":
-            scores, largest = naive_mms(logits, scoring["weight"]), False
-        elif criterion == "entropy":
-            scores, largest = naive_entropy(logits), True
-        else:
-            scores, largest = naive_loss(logits, labels_of(pool)), True
-        order = sorted(range(len(scores)), key=lambda i: -scores[i] if largest else scores[i])
-        expected = pool[sorted(order[:keep])]
-        assert torch.equal(training["inputs"], expected)
-
-
 @pytest.mark.parametrize("criterion", ["mms", "entropy", "loss"])
 def test_text_selection_trains_exactly_on_the_chosen_samples(tmp_path, text_data, criterion):
     model = tiny_bert(num_labels=3)
@@ -136,7 +63,7 @@ def test_text_selection_trains_exactly_on_the_chosen_samples(tmp_path, text_data
     recorder = ForwardRecorder(model, "input_ids", model.classifier)
     args = margin_args(tmp_path, selection=criterion, selection_oversample=4, max_steps=3)
     MarginTrainer(model=model, args=args, train_dataset=data).train()
-    _check_selected(recorder, criterion, keep=8, labels_of=lambda ids: ids[:, 0] % 3)
+    check_selected(recorder, criterion, keep=8, labels_of=lambda ids: ids[:, 0] % 3)
     assert all(len(s["inputs"]) == 32 for s, _ in recorder.steps())
 
 
@@ -147,7 +74,7 @@ def test_timm_mms_through_the_same_trainer(tmp_path, image_data):
     trainer = MarginTrainer(model=model, args=args, train_dataset=image_data)
     trainer.train()
     assert trainer.head_name == "timm_model.fc"
-    _check_selected(recorder, "mms", keep=8)
+    check_selected(recorder, "mms", keep=8)
     # eval-mode scoring leaves BatchNorm statistics to the training forwards: 3 updates, not 6
     assert int(model.timm_model.bn1.num_batches_tracked) == 3
 
@@ -162,7 +89,7 @@ def test_bf16_scoring_ranks_the_pool_on_bf16_logits_and_trains_in_fp32(tmp_path,
     )
     MarginTrainer(model=model, args=args, train_dataset=TinyTextDataset(num_labels=3)).train()
     assert dtypes == [torch.bfloat16, torch.float32] * 3
-    _check_selected(recorder, "mms", keep=8)  # the smallest MMS of the bf16 logits
+    check_selected(recorder, "mms", keep=8)  # the smallest MMS of the bf16 logits
 
 
 def _minilm_tokenizer(padding_side: str = "right"):
