@@ -219,7 +219,7 @@ def _check_engine(engine: str, ranks: list[dict], ddp: list[dict]) -> None:
     resumed_weight, weight = torch.tensor(resumed["classifier"]), torch.tensor(uninterrupted["classifier"])
     if engine == "fsdp1_orig":
         # FSDP1 with use_orig_params=True does not resume the optimizer exactly on this set-up, stock Trainer
-        # neither: the restored weights give step 3 exactly, the steps after it drift by about one Adam update
+        # neither: the restored weights give step 3's loss exactly, its update differs by about one Adam step
         torch.testing.assert_close(_train_losses(resumed)[2], _train_losses(uninterrupted)[2])
         torch.testing.assert_close(resumed_weight, weight, atol=1e-4, rtol=0)
     else:
