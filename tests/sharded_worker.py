@@ -70,6 +70,12 @@ CONFIGS: dict[str, tuple[type[Trainer], int, dict]] = {
     "entropy": (MarginTrainer, POOL_DATA, {"max_steps": 3, "selection": "entropy", "selection_oversample": 2}),
     "loss": (MarginTrainer, POOL_DATA, {"max_steps": 3, "selection": "loss", "selection_oversample": 2}),
     "mmr": (MarginTrainer, POOL_DATA, {"max_steps": 3, "mmr_alpha": 0.1}),
+    # each pool of 8 scored in two forwards of 4: every process must run the same number of engine forwards
+    "chunked": (
+        MarginTrainer,
+        POOL_DATA,
+        {"max_steps": 3, "selection": "mms", "selection_oversample": 2, "selection_scoring_batch_size": 4},
+    ),
     # MMS and MMR together, checkpointed mid-epoch at step 2: "resume" continues from there
     "mms": (
         MarginTrainer,

@@ -24,7 +24,7 @@ import torch
 WORKER = Path(__file__).with_name("sharded_worker.py")
 NUM_LABELS = 4
 ENGINES = ["ddp", "fsdp1_orig", "fsdp1_flat", "fsdp2_root", "fsdp2_own", "zero2", "zero3"]
-POOL_CONFIGS = ["uniform", "entropy", "loss", "mms", "resume", "accumulation"]
+POOL_CONFIGS = ["uniform", "entropy", "loss", "mms", "chunked", "resume", "accumulation"]
 WEIGHT_CONFIGS = ["stock", "off", "mmr", "cached", *POOL_CONFIGS]
 
 # tests/accelerate_cpu_sharding.py patches private accelerate code, written against this release
@@ -75,9 +75,19 @@ def _logged(run: dict, key: str) -> list[float]:
     return [h[key] for h in run["logs"] if key in h]
 
 
-def _split(run: dict) -> tuple[list[dict], list[dict]]:
-    """The scoring forwards (no grad) and the training forwards of a run, in order."""
-    return [f for f in run["forwards"] if not f["grad"]], [f for f in run["forwards"] if f["grad"]]
+def _split(run: dict, chunks: int = 1) -> tuple[list[dict], list[dict]]:
+    """
+    The scored pools (no-grad forwards, each `chunks` consecutive ones joined into one pool) and the training
+    forwards of a run, in order.
+    """
+    scoring = [f for f in run["forwards"] if not f["grad"]]
+    pools = []
+    for start in range(0, len(scoring), chunks):
+        parts = scoring[start : start + chunks]
+        pool = {key: [x for part in parts for x in part[key]] for key in ("rows", "logits")}
+        assert all(part["weight"] == parts[0]["weight"] for part in parts)  # one pool, one weight
+        pools.append({**pool, "weight": parts[0]["weight"], "grad": False})
+    return pools, [f for f in run["forwards"] if f["grad"]]
 
 
 def _rows(forward: dict) -> set[tuple[int, ...]]:
@@ -145,7 +155,7 @@ def _check_engine(engine: str, ranks: list[dict], ddp: list[dict]) -> None:
     for rank in ranks:
         assert set(rank) == set(WEIGHT_CONFIGS)
         assert all(run["world_size"] == 2 for run in rank.values())
-        steps = {"stock": 3, "mms": 4, "resume": 4, "accumulation": 2, "cached": 6}
+        steps = {"stock": 3, "chunked": 3, "mms": 4, "resume": 4, "accumulation": 2, "cached": 6}
         assert {config: rank[config]["global_step"] for config in steps} == steps
     run0 = ranks[0]
 
@@ -168,9 +178,9 @@ def _check_engine(engine: str, ranks: list[dict], ddp: list[dict]) -> None:
     # pool selection: each training forward holds the samples the full-weight reference picks from its pool
     # (uniform scores nothing: its choice, by a seeded generator, is DDP's)
     for config in POOL_CONFIGS:
-        criterion = "mms" if config in ("mms", "resume", "accumulation") else config
+        criterion = "mms" if config in ("mms", "chunked", "resume", "accumulation") else config
         for rank, ddp_rank in zip(ranks, ddp):
-            scored, trained = _split(rank[config])
+            scored, trained = _split(rank[config], chunks=2 if config == "chunked" else 1)
             ddp_trained = _split(ddp_rank[config])[1]
             assert len(trained) == len(ddp_trained) > 0 and all(len(f["rows"]) == 4 for f in trained), config
             assert [_rows(f) for f in trained] == [_rows(f) for f in ddp_trained], f"{config}: not DDP's choice"
