@@ -6,9 +6,21 @@ from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
 
-from .selection import check_cached_fractions
+from .selection import check_cached_fractions, check_pruning_fractions
 
 SELECTION_CRITERIA = ("none", "uniform", "mms", "entropy", "loss", "mms_cached")
+PRUNING_CRITERIA = ("none", "margin", "mms", "loss", "random")
+# Fields that only one mechanism reads: set with another, they are refused rather than ignored.
+_POOL_FIELDS = (
+    "selection_oversample",
+    "selection_eval_mode",
+    "selection_scoring_dtype",
+    "selection_scoring_batch_size",
+    "selection_scoring_compile",
+    "selection_trim_padding",
+)
+_CACHED_FIELDS = ("selection_hard_fraction", "selection_easy_rate", "selection_easy_rescale")
+_PRUNING_FIELDS = ("pruning_hard_fraction", "pruning_ratio", "pruning_anneal", "pruning_rescale")
 
 
 @dataclass
@@ -117,6 +129,49 @@ class MarginTrainingArguments(TrainingArguments):
             "`attention_mask` are unchanged."
         },
     )
+    pruning: str = field(
+        default="none",
+        metadata={
+            "help": "Dynamic epoch pruning: from the second pass over the data on, each pass trains on the hard "
+            "samples and a weighted random share of the easy ones, so it has fewer optimizer steps; the last "
+            "pruning_anneal share of the passes uses all the data. The criterion, scored on each sample's last "
+            "training forward (no extra forward): 'margin' (signed, label-aware margin "
+            "(s_y - max_{j!=y} s_j) / ||w_y - w_j||: small or negative is hard, so a confidently wrong sample stays), "
+            "'mms' (the label-free minimal margin score), 'loss' (per-sample loss: large is hard, as InfoBatch), or "
+            "'random' (a fresh random subset of the same size each pass, no scores: RS2). Set num_train_epochs, "
+            "the passes an unpruned run would make; the LR schedule is fitted to the shortened run.",
+            "choices": list(PRUNING_CRITERIA),
+        },
+    )
+    pruning_hard_fraction: float = field(
+        default=0.3,
+        metadata={
+            "help": "Pruning: share of the samples counted hard, the hardest by the criterion, always trained on "
+            "(samples not scored yet count as hard). In [0, 1]."
+        },
+    )
+    pruning_ratio: float = field(
+        default=0.5,
+        metadata={
+            "help": "Pruning: share of the easy samples dropped from a pruned pass (InfoBatch's r); the kept ones "
+            "are weighted up so the pass's expected gradient is a full pass's. In [0, 1). A pruned pass costs "
+            "hard_fraction + (1 - hard_fraction) * (1 - ratio) of a full one."
+        },
+    )
+    pruning_anneal: float = field(
+        default=0.125,
+        metadata={
+            "help": "Pruning: share of the passes, at the end of the run, that train on all the data with weight 1 "
+            "(InfoBatch anneals the last 12.5%). In [0, 1]."
+        },
+    )
+    pruning_rescale: bool = field(
+        default=True,
+        metadata={
+            "help": "Pruning: weight the kept easy samples by (easy samples) / (kept easy samples), keeping the "
+            "pass's gradient unbiased. False keeps weight 1."
+        },
+    )
     mmr_alpha: float = field(
         default=0.0,
         metadata={"help": "Weight of the multi-margin (MMR) penalty added to the loss; 0 turns MMR off."},
@@ -169,10 +224,51 @@ class MarginTrainingArguments(TrainingArguments):
             )
         if not 0.0 < self.selection_until <= 1.0:
             raise ValueError(f"selection_until must be in (0, 1], got {self.selection_until}.")
+        if self.pruning not in PRUNING_CRITERIA:
+            raise ValueError(f"pruning={self.pruning!r} is not a known criterion; choose one of {PRUNING_CRITERIA}.")
+        check_pruning_fractions(self.pruning_hard_fraction, self.pruning_ratio, self.pruning_anneal)
+        if self.pruning != "none":
+            if self.selection != "none":
+                raise ValueError(
+                    f"pruning={self.pruning!r} and selection={self.selection!r} are two selection mechanisms; "
+                    "use one of them."
+                )
+            if self.max_steps > 0:
+                raise ValueError(
+                    f"pruning plans whole passes over the data: set num_train_epochs (the passes an unpruned run "
+                    f"would make) and leave max_steps=-1 (got max_steps={self.max_steps})."
+                )
+            if self.num_train_epochs != int(self.num_train_epochs) or self.num_train_epochs < 1:
+                raise ValueError(
+                    f"pruning plans whole passes: num_train_epochs must be a whole number >= 1, got "
+                    f"{self.num_train_epochs}."
+                )
+            if self.train_sampling_strategy != "random":
+                raise ValueError(
+                    f"pruning draws its own random passes and replaces the train sampler; "
+                    f"train_sampling_strategy={self.train_sampling_strategy!r} cannot apply: leave it 'random'."
+                )
+        self._refuse_unused_fields()
         if not self.mmr_alpha >= 0.0:
             raise ValueError(f"mmr_alpha must be >= 0, got {self.mmr_alpha}.")
         if self.mmr_alpha_end is not None and not self.mmr_alpha_end >= 0.0:
             raise ValueError(f"mmr_alpha_end must be >= 0 or None, got {self.mmr_alpha_end}.")
+
+    def _refuse_unused_fields(self) -> None:
+        """A field that the chosen mechanism does not read, set away from its default, is a mistake: say so."""
+        defaults = {f.name: f.default for f in fields(MarginTrainingArguments)}
+        pool = self.selection in ("uniform", "mms", "entropy", "loss")
+        for names, used, where in (
+            (_POOL_FIELDS, pool, "pool selection (selection in uniform, mms, entropy, loss)"),
+            (_CACHED_FIELDS, self.selection == "mms_cached", "selection='mms_cached'"),
+            (_PRUNING_FIELDS, self.pruning != "none", "pruning"),
+        ):
+            for name in names:
+                if not used and getattr(self, name) != defaults[name]:
+                    raise ValueError(
+                        f"{name}={getattr(self, name)!r} applies to {where} only, which is off here "
+                        f"(selection={self.selection!r}, pruning={self.pruning!r}); remove it or turn that on."
+                    )
 
 
 @dataclass(frozen=True)
@@ -193,6 +289,11 @@ class MarginSettings:
     selection_scoring_compile: bool = False
     selection_until: float = 1.0
     selection_trim_padding: bool = True
+    pruning: str = "none"
+    pruning_hard_fraction: float = 0.3
+    pruning_ratio: float = 0.5
+    pruning_anneal: float = 0.125
+    pruning_rescale: bool = True
     mmr_alpha: float = 0.0
     mmr_alpha_end: float | None = None
     log_timing: bool = False
@@ -209,4 +310,4 @@ class MarginSettings:
     @property
     def is_stock(self) -> bool:
         """Every margin feature off: the trainer must then be exactly `Trainer`."""
-        return self.selection == "none" and not self.mmr_on
+        return self.selection == "none" and self.pruning == "none" and not self.mmr_on

@@ -48,6 +48,37 @@ def minimal_margin_scores(logits: torch.Tensor, weight: torch.Tensor) -> torch.T
     return gap / row_distance.clamp_min(_MIN_ROW_DISTANCE)
 
 
+def signed_margin_scores(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """
+    Signed, label-aware margin of each sample: its distance, in the feature space of the last linear layer, to the
+    decision boundary between its true class and the strongest other class,
+
+        d_i = (s_{y_i} - s_{m_i}) / ||w_{y_i} - w_{m_i}||,    m_i = argmax_{j != y_i} s_j,
+
+    the margin MMR widens. Positive when the sample is classified correctly, negative when it is not, so a
+    confidently wrong sample counts as hard, where the label-free MMS would call it easy. Computed in float32.
+
+    Args:
+        logits (`torch.Tensor` of shape `[B, C]`), `C >= 2`.
+        labels (`torch.LongTensor` of shape `[B]`): class indices; rows labelled -100 score NaN (unknown).
+        weight (`torch.Tensor` of shape `[C, D]`): the last layer's weight.
+
+    Returns:
+        `torch.Tensor` of shape `[B]` (float32).
+    """
+    _check_logits_weight(logits, weight)
+    if labels.shape != logits.shape[:1]:
+        raise ValueError(f"labels must be [B] = [{logits.shape[0]}], got {list(labels.shape)}.")
+    kept = labels != -100
+    labels = labels.long().where(kept, 0)
+    logits, weight = logits.detach().float(), weight.detach().float()
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    runner_up = logits.scatter(1, labels[:, None], float("-inf")).argmax(dim=1)
+    gap = true - logits.gather(1, runner_up[:, None]).squeeze(1)
+    row_distance = (weight[labels] - weight[runner_up]).norm(dim=1)
+    return (gap / row_distance.clamp_min(_MIN_ROW_DISTANCE)).where(kept, float("nan"))
+
+
 def entropy_scores(logits: torch.Tensor) -> torch.Tensor:
     """
     Entropy of the softmax of each row, `H = -sum_c p_c log p_c`, in float32. The entropy selection

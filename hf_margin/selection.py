@@ -259,3 +259,198 @@ def check_cached_fractions(hard_fraction: float, easy_rate: float) -> None:
         raise ValueError(f"selection_hard_fraction must be in [0, 1], got {hard_fraction}.")
     if not 0.0 < easy_rate <= 1.0:
         raise ValueError(f"selection_easy_rate must be in (0, 1], got {easy_rate}.")
+
+
+# ---- pruned epochs: each pass keeps the hard samples and a weighted share of the easy ones ----
+
+
+class PruningSchedule(NamedTuple):
+    lengths: list[int]  # samples drawn in each pass, in order
+    pruned: list[bool]  # whether each pass is pruned
+    keep_hard: int  # samples of a pruned pass that are always kept (the hardest, and any not scored yet)
+    per_epoch: int  # draws per Trainer epoch: the run's draws spread evenly, whole accumulated batches
+
+
+def pruning_schedule(
+    num_samples: int, passes: int, hard_fraction: float, ratio: float, anneal: float, unit: int = 1
+) -> PruningSchedule:
+    """
+    The passes of a pruned run, planned up front so that the number of optimizer steps, and so the LR schedule,
+    is known before training starts (InfoBatch's protocol with fixed quotas):
+
+    - pass 0 draws every sample (none is scored yet);
+    - the passes between are pruned: each keeps `round(hard_fraction * N)` hard samples and
+      `round((1 - ratio) * (N - hard))` of the easy ones, weighted up so its expected gradient is a full pass's;
+    - the last `ceil(anneal * passes)` passes (InfoBatch anneals the last 12.5%; at least one when `anneal > 0`)
+      draw all the data again, with weight 1.
+
+    The run's draws are spread over `passes` Trainer epochs of `per_epoch` draws each, rounded up to a multiple of
+    `unit` (batch size x processes x accumulation steps), so every epoch ends on an optimizer step; the few extra
+    draws start a further full pass.
+
+    Args:
+        num_samples (`int`): N, the training set's size.
+        passes (`int`): passes an unpruned run makes (its `num_train_epochs`), >= 1.
+        hard_fraction (`float`): in [0, 1].
+        ratio (`float`): share of the easy samples dropped from a pruned pass, in [0, 1).
+        anneal (`float`): share of the passes, at the end, that use all the data, in [0, 1].
+        unit (`int`, *optional*): draws per optimizer step over all processes.
+    """
+    check_pruning_fractions(hard_fraction, ratio, anneal)
+    if num_samples < 1 or passes < 1 or unit < 1:
+        raise ValueError(f"num_samples, passes and unit must be >= 1; got {num_samples}, {passes}, {unit}.")
+    keep_hard = min(round(hard_fraction * num_samples), num_samples)
+    keep = max(keep_hard + round((1.0 - ratio) * (num_samples - keep_hard)), 1)
+    annealed = math.ceil(anneal * passes - 1e-9)  # at least one pass when anneal > 0
+    pruned = [1 <= p < passes - annealed for p in range(passes)]
+    lengths = [keep if is_pruned else num_samples for is_pruned in pruned]
+    per_epoch = math.ceil(sum(lengths) / (passes * unit)) * unit
+    return PruningSchedule(lengths, pruned, keep_hard, per_epoch)
+
+
+def plan_pruned_pass(
+    scores: torch.Tensor,
+    keep: int,
+    keep_hard: int,
+    hardest: str,
+    generator: torch.Generator,
+    rescale: bool = True,
+) -> CachedPass:
+    """
+    One pruned pass of exactly `keep` samples, in random order: every sample not scored yet (NaN) and the hardest
+    known ones, `keep_hard` in all (more if more are unknown), then the rest drawn uniformly from the easy ones, each
+    weighted `(number of easy samples) / (number drawn)` so the pass's expected gradient is a full pass's
+    (`rescale=False`: weight 1). With every score NaN this is a uniform random subset (RS2) with weight 1.
+
+    Args:
+        scores (`torch.Tensor` of shape `[N]`): cached scores, NaN where unknown.
+        keep (`int`): samples in the pass, 1 <= keep <= N.
+        keep_hard (`int`): hard samples always kept.
+        hardest (`str`): `"smallest"` (margins: small is hard) or `"largest"` (loss: large is hard).
+        generator (`torch.Generator`): CPU generator for the order and the draw.
+    """
+    if hardest not in ("smallest", "largest"):
+        raise ValueError(f"hardest must be 'smallest' or 'largest', got {hardest!r}.")
+    scores = scores.detach().float().cpu()
+    total = scores.shape[0]
+    if not 1 <= keep <= total:
+        raise ValueError(f"keep must be in [1, {total}], got {keep}.")
+    order = torch.randperm(total, generator=generator)
+    shuffled = scores[order]
+    unknown = shuffled.isnan()
+    key = (-shuffled if hardest == "largest" else shuffled).masked_fill(unknown, float("-inf"))
+    by_hardness = torch.sort(key, stable=True).indices  # positions in `order`, unknown first, then hardest
+    n_hard = min(max(keep_hard, int(unknown.sum())), keep)
+    easy = by_hardness[n_hard:]
+    n_easy = keep - n_hard
+    drawn = easy[torch.randperm(easy.numel(), generator=generator)[:n_easy]]
+    positions = torch.cat([by_hardness[:n_hard], drawn])
+    is_easy = torch.cat([torch.zeros(n_hard, dtype=torch.bool), torch.ones(n_easy, dtype=torch.bool)])
+    easy_weight = easy.numel() / n_easy if rescale and n_easy and not bool(unknown.all()) else 1.0
+    weights = torch.where(is_easy, easy_weight, 1.0).float()
+    in_order = torch.argsort(positions)  # back to the random order of the pass
+    return CachedPass(order[positions[in_order]], weights[in_order], is_easy[in_order])
+
+
+class PrunedEpochSampler(Sampler[tuple[int, float]]):
+    """
+    Yields `(dataset index, loss weight)` pairs: the run's passes (`pruning_schedule`) as one stream, `per_epoch` of
+    them per Trainer epoch. Each pass is planned from the score cache when the stream reaches it (pruned passes by
+    `plan_pruned_pass`, the others as plain random passes), so it uses scores at most a pass old. The order depends
+    only on `seed`, the pass and the cache, so processes with the same cache draw the same stream.
+
+    Args:
+        cache (`MarginCache`): the scores, written by the training forward.
+        schedule (`PruningSchedule`).
+        hardest (`str`): `"smallest"` or `"largest"` (see `plan_pruned_pass`); `None` prunes at random (no scores).
+        seed (`int`).
+        rescale (`bool`): weight the kept easy samples up.
+    """
+
+    def __init__(
+        self, cache: MarginCache, schedule: PruningSchedule, hardest: str | None, seed: int = 0, rescale: bool = True
+    ):
+        self.cache, self.schedule, self.hardest, self.seed, self.rescale = cache, schedule, hardest, seed, rescale
+        self.epoch = 0
+        self._plan: tuple[int, CachedPass] | None = None
+        self.current_pass = 0
+        self.position = 0  # draws from the start of the stream, as far as the loader has read
+        self.draws = self.easy_draws = 0  # since the last `pop_counts`
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.schedule.per_epoch
+
+    def pass_length(self, index: int) -> int:
+        lengths = self.schedule.lengths
+        return lengths[index] if index < len(lengths) else len(self.cache)
+
+    def pass_is_pruned(self, index: int) -> bool:
+        return index < len(self.schedule.pruned) and self.schedule.pruned[index]
+
+    def _planned(self, index: int) -> CachedPass:
+        if self._plan is None or self._plan[0] != index:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + index)
+            size = len(self.cache)
+            if self.pass_is_pruned(index):
+                scores = self.cache.margins if self.hardest else torch.full((size,), float("nan"))
+                plan = plan_pruned_pass(
+                    scores,
+                    self.pass_length(index),
+                    self.schedule.keep_hard,
+                    self.hardest or "smallest",
+                    generator,
+                    self.rescale,
+                )
+            else:
+                plan = CachedPass(
+                    torch.randperm(size, generator=generator), torch.ones(size), torch.zeros(size, dtype=torch.bool)
+                )
+            self._plan = (index, plan)
+        return self._plan[1]
+
+    def __iter__(self) -> Iterator[tuple[int, float]]:
+        position, end = self.epoch * self.schedule.per_epoch, (self.epoch + 1) * self.schedule.per_epoch
+        index, start = 0, 0  # the pass holding `position`, and where it starts in the stream
+        while start + self.pass_length(index) <= position:
+            start += self.pass_length(index)
+            index += 1
+        while position < end:
+            plan, offset = self._planned(index), position - start
+            take = min(self.pass_length(index) - offset, end - position)
+            self.current_pass = index
+            for i, w, easy in zip(*(t[offset : offset + take].tolist() for t in plan)):
+                self.draws += 1
+                self.easy_draws += easy
+                self.position = position + 1
+                position += 1
+                yield i, w
+            position = self.position
+            if position - start == self.pass_length(index):
+                start, index = position, index + 1
+
+    def equivalent_full_draws(self, position: int) -> float:
+        """Draws an unpruned run makes to get as far through the passes as `position` draws of this stream."""
+        index, start = 0, 0
+        while start + self.pass_length(index) <= position:
+            start += self.pass_length(index)
+            index += 1
+        return index * len(self.cache) + (position - start) * len(self.cache) / self.pass_length(index)
+
+    def pop_counts(self) -> tuple[int, int]:
+        """Draws and easy draws since the last call."""
+        counts = (self.draws, self.easy_draws)
+        self.draws = self.easy_draws = 0
+        return counts
+
+
+def check_pruning_fractions(hard_fraction: float, ratio: float, anneal: float) -> None:
+    """The ranges of `pruning_hard_fraction`, `pruning_ratio` and `pruning_anneal`, as a `ValueError`."""
+    if not 0.0 <= hard_fraction <= 1.0:
+        raise ValueError(f"pruning_hard_fraction must be in [0, 1], got {hard_fraction}.")
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"pruning_ratio must be in [0, 1), got {ratio}.")
+    if not 0.0 <= anneal <= 1.0:
+        raise ValueError(f"pruning_anneal must be in [0, 1], got {anneal}.")

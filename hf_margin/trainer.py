@@ -84,10 +84,10 @@ class MarginTrainer(Trainer):
             self.model_accepts_loss_kwargs = False  # exact gradient accumulation: see the class docstring
         if settings.is_stock:
             return
-        if self.strategy.name == "mms_cached" and self.compute_loss_func is not None:
+        if self.strategy.owns_loss and self.compute_loss_func is not None:
             raise ValueError(
-                "selection='mms_cached' computes the (weighted) cross-entropy itself and cannot honour a "
-                "compute_loss_func; drop one of them."
+                f"{self.strategy.field}={self.strategy.name!r} computes the (weighted) cross-entropy itself and "
+                "cannot honour a compute_loss_func; drop one of them."
             )
         self._check_model(self.model)
         self._bind_head(self.model)
@@ -106,7 +106,7 @@ class MarginTrainer(Trainer):
 
     @property
     def _field(self) -> str:
-        return "selection" if self.selection != "none" else "mmr_alpha"
+        return self.strategy.field if self.strategy.name != "none" else "mmr_alpha"
 
     @property
     def _needs_margins(self) -> bool:

@@ -23,6 +23,8 @@ def worker_args(out_dir: str, **overrides) -> MarginTrainingArguments:
 def main(out_dir: str, mode: str = "mms") -> None:
     if mode == "mms_cached":
         return cached(out_dir)
+    if mode == "pruning":
+        return pruned(out_dir)
     model = tiny_bert()
     calls = []
 
@@ -53,6 +55,26 @@ def cached(out_dir: str) -> None:
         "global_step": trainer.state.global_step,
         "margins": trainer.strategy.cache.margins.tolist(),
         "updated_step": trainer.strategy.cache.updated_step.tolist(),
+    }
+    Path(out_dir, f"rank{args.process_index}.json").write_text(json.dumps(result))
+
+
+def pruned(out_dir: str) -> None:
+    """Margin pruning over 4 passes of 96 samples: every process must plan the same passes from the same scores."""
+    model = tiny_bert(num_labels=3)
+    rows = []
+    model.register_forward_hook(lambda m, a, kw, out: rows.append(kw["input_ids"][:, :3].tolist()), with_kwargs=True)
+    args = worker_args(out_dir, pruning="margin", num_train_epochs=4, pruning_anneal=0.25, logging_steps=4)
+    trainer = MarginTrainer(model=model, args=args, train_dataset=TinyTextDataset(n=96, num_labels=3))
+    trainer.train()
+    result = {
+        "rank": args.process_index,
+        "global_step": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+        "lengths": trainer.strategy.schedule.lengths,
+        "per_epoch": trainer.strategy.schedule.per_epoch,
+        "margins": trainer.strategy.cache.margins.tolist(),
+        "rows": rows,
     }
     Path(out_dir, f"rank{args.process_index}.json").write_text(json.dumps(result))
 

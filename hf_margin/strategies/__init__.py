@@ -6,10 +6,13 @@ from ..config import MarginSettings
 from .base import MetricBuffer, SelectionStrategy
 from .cached import CachedSelection
 from .pool import PoolSelection
+from .pruned import PrunedEpochs
 
 
 def build_strategy(settings: MarginSettings) -> SelectionStrategy:
-    """The mechanism the settings ask for: none, a scored pool, or cached margins."""
+    """The mechanism the settings ask for: none, a scored pool, cached margins, or pruned epochs."""
+    if settings.pruning != "none":
+        return PrunedEpochs(settings)
     if settings.selection == "none":
         return SelectionStrategy(settings)
     if settings.selection == "mms_cached":
@@ -17,4 +20,4 @@ def build_strategy(settings: MarginSettings) -> SelectionStrategy:
     return PoolSelection(settings)
 
 
-__all__ = ["CachedSelection", "MetricBuffer", "PoolSelection", "SelectionStrategy", "build_strategy"]
+__all__ = ["CachedSelection", "MetricBuffer", "PoolSelection", "PrunedEpochs", "SelectionStrategy", "build_strategy"]

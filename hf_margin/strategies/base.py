@@ -49,8 +49,10 @@ class SelectionStrategy:
     """
 
     name = "none"
+    field = "selection"  # the argument that chose this mechanism, named in its errors
     needs_head = False  # scores with the last linear layer's weight: set-up fails without one
     needs_labels = False  # its loss or scores read labels: set-up fails without them
+    owns_loss = False  # computes the training loss itself (a weighted cross-entropy): no compute_loss_func
 
     def __init__(self, settings: MarginSettings):
         self.settings = settings
@@ -64,8 +66,8 @@ class SelectionStrategy:
             return
         if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
             raise ValueError(
-                f"selection={self.name!r} needs a map-style train_dataset with a length (an IterableDataset has no "
-                "pools to draw from and no stable indices); use selection='none' or a map-style dataset."
+                f"{self.field}={self.name!r} needs a map-style train_dataset with a length (an IterableDataset has no "
+                f"pools to draw from and no stable indices); use {self.field}='none' or a map-style dataset."
             )
 
     def start(self, trainer: MarginTrainer) -> None:

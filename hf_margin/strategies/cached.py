@@ -33,6 +33,7 @@ class CachedSelection(SelectionStrategy):
     name = "mms_cached"
     needs_head = True
     needs_labels = True
+    owns_loss = True
 
     def __init__(self, settings):
         super().__init__(settings)
@@ -101,15 +102,21 @@ class CachedSelection(SelectionStrategy):
         index, weight = inputs.pop(INDEX_KEY), inputs.pop(WEIGHT_KEY)
         labels = trainer.pop_labels(inputs)  # the model computes no loss of its own
         if labels is None:
-            raise ValueError("selection='mms_cached' needs labels, and this training batch has none.")
+            raise ValueError(f"{self.field}={self.name!r} needs labels, and this training batch has none.")
         outputs = model(**inputs)  # inside the trainer's `watch_head`: the tap sees the head's forward
-        logits = trainer.logits_of(label_free(outputs), trainer.head_tap, "selection")
-        check_finite_logits(logits, "selection")
+        logits = trainer.logits_of(label_free(outputs), trainer.head_tap, self.field)
+        check_finite_logits(logits, self.field)
         with self.stopwatch.timing("scoring"):
-            self.update_cache(trainer, index, minimal_margin_scores(logits, trainer.head_tap.weight))
+            scores = self.sample_scores(trainer, logits, labels)
+            if scores is not None:
+                self.update_cache(trainer, index, scores)
         # the rescaled easy samples make this loss an unbiased estimate of the full data's
         loss = weighted_cross_entropy(logits, labels, weight, trainer.args.label_smoothing_factor)
         return loss, outputs
+
+    def sample_scores(self, trainer: MarginTrainer, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+        """What the cache keeps of each trained sample: its MMS at this training forward."""
+        return minimal_margin_scores(logits, trainer.head_tap.weight)
 
     def update_cache(self, trainer: MarginTrainer, indices: torch.Tensor, mms: torch.Tensor) -> None:
         """Store the batch's MMS; with several processes every one stores every process's, so caches agree."""
