@@ -98,6 +98,8 @@ CONFIGS: dict[str, tuple[type[Trainer], int, dict]] = {
             "gradient_accumulation_steps": 2,
         },
     ),
+    # pruned passes train on the hard and a share of the easy samples by the margins of the pass before
+    "pruned": (MarginTrainer, CACHED_DATA, {"num_train_epochs": 3, "pruning": "margin"}),
     # 6 steps: the second epoch plans its pass from the cache of the first
     "cached": (MarginTrainer, CACHED_DATA, {"max_steps": 6, "selection": "mms_cached", "selection_easy_rate": 0.5}),
 }

@@ -25,7 +25,7 @@ WORKER = Path(__file__).with_name("sharded_worker.py")
 NUM_LABELS = 4
 ENGINES = ["ddp", "fsdp1_orig", "fsdp1_flat", "fsdp2_root", "fsdp2_own", "zero2", "zero3"]
 POOL_CONFIGS = ["uniform", "entropy", "loss", "mms", "chunked", "resume", "accumulation"]
-WEIGHT_CONFIGS = ["stock", "off", "mmr", "cached", *POOL_CONFIGS]
+WEIGHT_CONFIGS = ["stock", "off", "mmr", "cached", "pruned", *POOL_CONFIGS]
 
 # tests/accelerate_cpu_sharding.py patches private accelerate code, written against this release
 pytestmark = [
@@ -236,10 +236,14 @@ def _check_engine(engine: str, ranks: list[dict], ddp: list[dict]) -> None:
         torch.testing.assert_close(_train_losses(resumed)[2:], _train_losses(uninterrupted)[2:])
         torch.testing.assert_close(resumed_weight, weight)
 
-    # cached margins: DDP's batches, and the same share of the dataset known after each step
-    for rank, ddp_rank in zip(ranks, ddp):
-        trained, ddp_trained = _split(rank["cached"])[1], _split(ddp_rank["cached"])[1]
-        assert [_rows(f) for f in trained] == [_rows(f) for f in ddp_trained]
+    # cached margins and pruned passes (pruning="margin"): DDP's batches, planned from margins kept on the training
+    # forward, and for cached selection the same share of the dataset known after each step
+    for config in ("cached", "pruned"):
+        for rank, ddp_rank in zip(ranks, ddp):
+            trained, ddp_trained = _split(rank[config])[1], _split(ddp_rank[config])[1]
+            assert [_rows(f) for f in trained] == [_rows(f) for f in ddp_trained], config
+    assert any(h.get("pruned_share", 0) > 0 for h in run0["pruned"]["logs"])  # a pass was pruned
+    assert run0["pruned"]["global_step"] == ddp[0]["pruned"]["global_step"]
     known = _logged(run0["cached"], "mms_cached_known_share")
     assert known == _logged(ddp[0]["cached"], "mms_cached_known_share") and known[3] == 1.0
 
