@@ -11,32 +11,44 @@ from contextlib import contextmanager
 class TrainClock:
     """
     Wall seconds of training from the first batch drawn, evaluation excluded, continuing the count of a resumed run
-    (`offset`).
+    (`offset`); and the same span in CPU seconds of this process (all its threads), which a busy, shared machine
+    disturbs less than wall time.
     """
 
-    def __init__(self, offset: float = 0.0):
-        self.offset = offset
-        self.start: float | None = None
-        self.excluded = 0.0
-        self.paused_at: float | None = None
+    def __init__(self, offset: float = 0.0, cpu_offset: float = 0.0):
+        self.offset, self.cpu_offset = offset, cpu_offset
+        self.start: tuple[float, float] | None = None
+        self.excluded = [0.0, 0.0]
+        self.paused_at: tuple[float, float] | None = None
+
+    @staticmethod
+    def _now() -> tuple[float, float]:
+        return time.perf_counter(), time.process_time()
 
     def start_once(self) -> None:
         if self.start is None:
-            self.start = time.perf_counter()
+            self.start = self._now()
+
+    def _elapsed(self, which: int) -> float:
+        if self.start is None:
+            return 0.0
+        now = self.paused_at if self.paused_at is not None else self._now()
+        return now[which] - self.start[which] - self.excluded[which]
 
     def seconds(self) -> float:
-        if self.start is None:
-            return self.offset
-        now = self.paused_at if self.paused_at is not None else time.perf_counter()
-        return self.offset + now - self.start - self.excluded
+        return self.offset + self._elapsed(0)
+
+    def cpu_seconds(self) -> float:
+        return self.cpu_offset + self._elapsed(1)
 
     @contextmanager
     def paused(self) -> Iterator[None]:
-        self.paused_at = time.perf_counter()
+        self.paused_at = self._now()
         try:
             yield
         finally:
-            self.excluded += time.perf_counter() - self.paused_at
+            now = self._now()
+            self.excluded = [self.excluded[i] + now[i] - self.paused_at[i] for i in (0, 1)]
             self.paused_at = None
 
 

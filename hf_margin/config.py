@@ -186,10 +186,11 @@ class MarginTrainingArguments(TrainingArguments):
     log_timing: bool = field(
         default=False,
         metadata={
-            "help": "Add wall-clock keys to the training logs: `train_seconds` (training time so far, evaluation "
-            "excluded) on every log, and with selection `scoring_time_share` and `break_even_step_ratio`, plus the "
-            "run's totals at the end. Off by default: wall-clock values make a resumed run's log history differ "
-            "from an uninterrupted run's. The end-of-run break-even verdict is logged either way."
+            "help": "Add wall-clock keys to the training logs: `train_seconds` and `train_cpu_seconds` (wall and "
+            "process CPU time of training so far, evaluation excluded) on every log, and with selection "
+            "`scoring_time_share` and `break_even_step_ratio`, plus the run's totals at the end. Off by default: "
+            "wall-clock values make a resumed run's log history differ from an uninterrupted run's. The end-of-run "
+            "verdict is logged either way."
         },
     )
     classifier_name: str | None = field(

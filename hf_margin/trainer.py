@@ -57,7 +57,8 @@ class MarginTrainer(Trainer):
     Logged with the training loss when a feature is on (gathered over processes): `mms_train_mean` (mean MMS of the
     samples of the step before the log), `mms_pool_mean` / `mms_selected_mean` (pool selection),
     `mms_cached_known_share` / `mms_cached_easy_share` (cached margins), `mmr_penalty`, `mmr_alpha`; with
-    `log_timing=True` also `train_seconds`, `scoring_time_share` and `break_even_step_ratio`, and the run's totals.
+    `log_timing=True` also `train_seconds` / `train_cpu_seconds` (wall and process CPU time of training, evaluation
+    excluded), `scoring_time_share` and `break_even_step_ratio`, and the run's totals.
 
     Example:
 
@@ -310,6 +311,7 @@ class MarginTrainer(Trainer):
         timed = settings.log_timing
         if timed:
             logs["train_seconds"] = round(now, 3)
+            logs["train_cpu_seconds"] = round(self._clock.cpu_seconds(), 3)
         if "loss" in logs and not settings.is_stock:  # a training log: flush what the steps since the last buffered
             logs.update(self.margin_metrics.flush(self.accelerator, self.args.device))
             logs.update(self.strategy.log_metrics(self, now - self._window_start if timed else None))
@@ -332,7 +334,7 @@ class MarginTrainer(Trainer):
             return
         state = {"strategy": self.strategy.state_dict()}
         if self._clock is not None:
-            state["train_seconds"] = self._clock.seconds()
+            state["train_seconds"], state["train_cpu_seconds"] = self._clock.seconds(), self._clock.cpu_seconds()
         torch.save(state, self._margin_state_path(output_dir))
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
@@ -348,6 +350,7 @@ class MarginTrainer(Trainer):
         self.strategy.load_state_dict(state["strategy"])
         if self._clock is not None:
             self._clock.offset = float(state.get("train_seconds", 0.0))
+            self._clock.cpu_offset = float(state.get("train_cpu_seconds", 0.0))
             self._window_start = self._clock.offset
 
 

@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         "mmr": "MMR accuracy: baseline, constant alpha, ramped alpha",
         "early": "the early learning-rate drop on a 0.4x run against the full baseline",
         "short": "the whole schedule compressed (0.6x, 0.5x) against the full baseline",
+        "prune": "epoch pruning (margin, mms, loss, random) and the equal-step compressed control vs the baseline",
     }
     for kind in KINDS:
         p = sub.add_parser(kind, help=helps[kind])

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from tasks.paths import SHARED_DATA
 
-KINDS = ("tta", "mmr", "early", "short")  # the grid benchmarks: recipe runs, one per variant and seed
+KINDS = ("tta", "mmr", "early", "short", "prune")  # the grid benchmarks: recipe runs, one per variant and seed
 TOOLS = ("overhead", "scoring")  # the in-process micro-benchmarks
 
 
@@ -139,7 +139,32 @@ SETTINGS: dict[str, Setting] = {
         "GLUE SST-2 (67,349 train / 872 dev), pretrained all-MiniLM-L6-v2, batch 32, seq 64, AdamW 5e-5, bf16, "
         "2,000 steps.",
     ),
+    # Epoch pruning, vision: multi-epoch training to a plateau on a 3k-image Fashion-MNIST subset (15 passes)
+    "fmnist_prune": _image(
+        "fashion_mnist",
+        "cifar_resnet20",
+        "--max_train_samples 3000 --max_eval_samples 2000 --per_device_train_batch_size 64 --num_train_epochs 15 "
+        "--eval_steps 50 --learning_rate 0.1 --warmup_steps 20 --lr_scheduler_type cosine --optim sgd "
+        "--optim_args momentum=0.9 --weight_decay 5e-4",
+        "--max_train_samples 640 --max_eval_samples 200 --num_train_epochs 3 --eval_steps 10",
+        "Fashion-MNIST, 3,000-image train subset, 2,000 test images; CIFAR ResNet-20 (1 channel), batch 64, SGD lr "
+        "0.1 (20 warm-up steps) cosine, weight decay 5e-4, 15 passes (705 steps unpruned).",
+    ),
+    # Epoch pruning, text: the usual fine-tuning recipe (AdamW, warm-up, linear decay) on a 1,200-sentence SST-2
+    # subset for 5 passes
+    "sst2_prune": _glue(
+        "sst2",
+        "--max_train_samples 1200 --per_device_train_batch_size 32 --max_seq_length 64 --num_train_epochs 5 "
+        "--eval_steps 19 --learning_rate 5e-5 --warmup_ratio 0.06",
+        "--max_train_samples 256 --max_eval_samples 64 --num_train_epochs 2 --eval_steps 4",
+        "GLUE SST-2, 1,200-sentence train subset, full dev (872); pretrained all-MiniLM-L6-v2, batch 32, seq 64, "
+        "AdamW 5e-5, 6% warm-up, linear decay, 5 passes (190 steps unpruned).",
+    ),
 }
+
+
+def _flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -228,6 +253,25 @@ MMR_VARIANTS = {
     "mmr_ramp": ["--mmr_alpha", "1e-5", "--mmr_alpha_end", "1e-3"],
 }
 
+# Epoch pruning: every criterion at one pruning level (20% hard, 75% of the easy dropped: a pruned pass keeps 40%),
+# and the control every pruning claim must beat: all the data for as many optimizer steps, schedule compressed.
+PRUNING_LEVEL = ["--pruning_hard_fraction", "0.2", "--pruning_ratio", "0.75"]
+PRUNING_CRITERIA = ("margin", "mms", "loss", "random")
+
+
+def prune_variants(setting: Setting) -> dict[str, list[str]]:
+    from hf_margin.selection import pruning_schedule  # torch: imported only when a pruning grid is built
+
+    argv = setting.argv
+    samples, passes = int(_flag(argv, "--max_train_samples")), int(_flag(argv, "--num_train_epochs"))
+    schedule = pruning_schedule(samples, passes, 0.2, 0.75, 0.125, int(_flag(argv, "--per_device_train_batch_size")))
+    share = schedule.per_epoch / samples  # the pruned run's draws over the unpruned run's
+    variants = {"baseline": []}
+    variants.update({f"prune_{c}": ["--pruning", c, *PRUNING_LEVEL] for c in PRUNING_CRITERIA})
+    variants["baseline_short"] = ["--num_train_epochs", f"{passes * share:.4f}"]
+    return variants
+
+
 DEFAULT_KS = [2.0, 4.0, 10.0]
 DEFAULT_SEEDS = [0, 1, 2]
 
@@ -242,6 +286,8 @@ def variants_of(kind: str, setting: Setting, ks: list[float] | None = None) -> d
         return dict(EARLY_DROP_VARIANTS)
     if kind == "short":
         return short_variants(setting)
+    if kind == "prune":
+        return prune_variants(setting)
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
 
 
@@ -349,6 +395,9 @@ SUITE: list[GridLine] = [
     GridLine("tta", "mrpc_3ep", (0,), only=("mms_k2_bf16_chunk32",), tag="cheap"),
     GridLine("tta", "fmnist_long", (0,), only=("mms_k2_bf16", "mms_k2_bf16_compile"), tag="compile"),
     GridLine("tta", "mrpc", (0,), only=("mms_k2_bf16_chunk32", "mms_k2_bf16_chunk32_compile"), tag="compile"),
+    # epoch pruning: every criterion at one level, and the equal-step control
+    GridLine("prune", "fmnist_prune", (0, 1, 2)),
+    GridLine("prune", "sst2_prune", (0, 1, 2)),
 ]  # fmt: skip
 
 # On one GPU (`python -m tasks.bench suite --gpu`): full CIFAR-10, the overhead ratios.
@@ -365,6 +414,7 @@ QUICK_SUITE: list[GridLine] = [
     GridLine("tta", "fmnist", (0,), only=("mms_cached", "mms_k2_bf16"), quick=True),
     GridLine("early", "fmnist_long", (0,), quick=True),
     GridLine("short", "fmnist_long", (0,), quick=True),
+    GridLine("prune", "fmnist_prune", (0,), quick=True),
 ]
 
 SUITES = {"cpu": SUITE, "gpu": GPU_SUITE, "quick": QUICK_SUITE}

@@ -61,6 +61,7 @@ def load_curve(run_dir: Path, metric: str) -> dict[str, Any]:
         "values": run.values,
         "final": record.get(metric),
         "train_seconds": record.get("train_seconds"),
+        "train_cpu_seconds": record.get("train_cpu_seconds"),
         "train_steps": record.get("train_steps"),
         "selection_time_share": record.get("selection_time_share") or 0.0,
         "mms_trace": [(step, run.mms_key, value) for step, value in zip(run.mms_steps, run.mms_values)],
@@ -93,6 +94,11 @@ def summarize(setting_name: str, variants: dict[str, list[str]], seeds: list[int
             "final_mean": statistics.mean(finals),
             "final_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
             "train_seconds_mean": statistics.mean(c["train_seconds"] for c in per_seed.values()),
+            "train_seconds_std": statistics.stdev([c["train_seconds"] for c in per_seed.values()])
+            if len(per_seed) > 1
+            else 0.0,
+            "train_cpu_seconds_mean": statistics.mean(c.get("train_cpu_seconds") or 0.0 for c in per_seed.values()),
+            "train_steps_mean": statistics.mean(c.get("train_steps") or 0 for c in per_seed.values()),
             "selection_time_share_mean": statistics.mean(c["selection_time_share"] for c in per_seed.values()),
         }
         for target_name, target in targets.items():
