@@ -64,7 +64,7 @@ def test_plot_tells_runs_with_the_same_settings_apart(tmp_path, monkeypatch):
     figure = _plotted_figure(monkeypatch, runs, tmp_path / "x.png")
     for ax in figure.axes:
         assert [t.get_text() for t in ax.get_legend().get_texts()] == [r.label for r in runs]
-    assert figure.axes[2].texts == []  # both traces drawn, nothing to explain
+    assert len(figure.axes[2].texts) == 0  # both traces drawn, nothing to explain
 
 
 def test_plot_says_why_the_mms_panel_is_empty_for_a_short_run(tmp_path, monkeypatch):
