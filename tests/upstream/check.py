@@ -11,7 +11,8 @@ once per setting, reads the JUnit XMLs and compares every swapped setting with s
 - `defaults` (margin features off) and `uniform k=1` (a pool of b, b kept: the selection machinery on, the data
   the same as stock) must pass every test that stock passes: any difference fails the check;
 - `uniform k=2` may differ from stock only in the tests of `EXPECTED_DIFFERENCES`, each with its reason, and in
-  all of them (a listed test that no longer differs is reported too, so the list stays true).
+  all of them (a listed test that no longer differs is reported too, so the list stays true);
+- the folder's `repro_*.py` scripts (small cases of past differences) must behave as stock with `MarginTrainer`.
 
 It prints one table (stock passed/failed vs swapped passed/failed per setting), then every difference, and exits
 non-zero on an unexpected one. Without the upstream folder it says so and exits 0. Not collected by pytest
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -193,6 +195,29 @@ def compare(setting: Setting, stock: dict[str, Result], swapped: dict[str, Resul
     return comparison
 
 
+def run_repros(upstream: Path) -> list[str]:
+    """
+    The upstream folder's `repro_*.py` scripts: small standalone cases of differences from stock `Trainer` seen
+    before. Each exits 0 when the class it is given behaves like stock; with `trainer` it must (else the script
+    itself is broken), with `margin` it must too. The names of the failing ones.
+    """
+    failed = []
+    scripts = sorted(upstream.glob("repro_*.py"))
+    if scripts:
+        print(f"\n{'repro script':<34} {'stock Trainer':>14} {'MarginTrainer':>14}")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    for script in scripts:
+        status = {}
+        for mode in ("trainer", "margin"):
+            proc = subprocess.run([sys.executable, script.name, mode], cwd=upstream, env=env, capture_output=True)
+            status[mode] = "as stock" if proc.returncode == 0 else f"differs ({proc.returncode})"
+        print(f"{script.name:<34} {status['trainer']:>14} {status['margin']:>14}")
+        if status["trainer"] != "as stock" or status["margin"] != "as stock":
+            failed.append(script.name)
+    return failed
+
+
 def print_table(rows: list[tuple[Setting, dict[str, int], dict[str, int], float]]) -> None:
     header = f"{'setting':<26} {'stock passed/failed':>20} {'swapped passed/failed':>22} {'skipped':>8} {'time':>7}"
     print(header)
@@ -219,11 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pytest_args",
         default="",
-        help="extra arguments for every pytest run, e.g. '-k Resume' or '-p a_plugin' (split on spaces)",
+        help="extra arguments for every pytest run, e.g. '-k Resume' or '-p a_plugin' (shell-style quoting)",
     )
     parser.add_argument(
         "--jobs", type=int, default=2, help="settings run side by side (each pytest run is mostly one core)"
     )
+    parser.add_argument("--no_repros", action="store_true", help="skip the upstream folder's repro_*.py scripts")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}.")
@@ -242,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {
             pool.submit(
-                run_setting, setting, args.upstream, args.out_dir, args.pytest_args.split(), args.jobs
+                run_setting, setting, args.upstream, args.out_dir, shlex.split(args.pytest_args), args.jobs
             ): setting
             for setting in settings
         }
@@ -250,7 +276,6 @@ def main(argv: list[str] | None = None) -> int:
             setting = futures[future]
             results[setting.name], seconds[setting.name], summary = future.result()
             print(f"  {setting.label:<24} {summary} ({seconds[setting.name]:.0f} s)", flush=True)
-    wall = time.perf_counter() - start
     stock = results["stock"]
     if counts(stock)["passed"] == 0:
         print("upstream Trainer tests: nothing passed with stock Trainer, so there is nothing to compare.")
@@ -273,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"remove it from EXPECTED_DIFFERENCES if that is right (listed because: {reason})"
             )
     failed = [c.setting.label for c in comparisons if not c.ok]
-    total = wall
+    if not args.no_repros:
+        failed += run_repros(args.upstream)
+    total = time.perf_counter() - start
     if failed:
         print(f"\nupstream Trainer tests: unexpected differences from stock Trainer in {failed} ({total:.0f} s)")
         return 1
