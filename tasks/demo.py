@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--max_steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    # the Trainer pins memory by default, which means nothing on a CPU-only machine: keep the output to the runs
+    warnings.filterwarnings("ignore", message="'pin_memory' argument is set as true but no accelerator")
 
     common = [
         "--dataset_name", "digits",  # 1,437 train / 360 eval 8x8 images, shipped with scikit-learn

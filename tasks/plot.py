@@ -42,10 +42,13 @@ class RunCurves:
 
 def run_label(run_dir: Path, settings: dict) -> str:
     """
-    What the run is and which one: `mms: MMS k=4, seed 0`, `stock: stock, seed 1`, `r2: MMR 1e-05->0.001,
-    seed 0` (the folder's name first, so two runs with the same settings can be told apart).
+    What the run is and which one: `mms: MMS k=4, seed 0`, `r2: MMR 1e-05->0.001, seed 1`, `stock, seed 0`
+    (the folder's name first unless it says the same, so two runs with the same settings can be told apart).
     """
-    label = f"{run_dir.name}: {describe_settings(settings)}" if settings else run_dir.name
+    if not settings:
+        return run_dir.name
+    described = describe_settings(settings)
+    label = described if run_dir.name.lower() == described.lower() else f"{run_dir.name}: {described}"
     return label + (f", seed {settings['seed']}" if "seed" in settings else "")
 
 

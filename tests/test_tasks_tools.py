@@ -36,6 +36,7 @@ def test_demo_shows_progress_labels_runs_and_plots(tmp_path, capsys):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
     curves = plot.load_run(runs[1])
     assert curves.label == "mms: MMS k=4, seed 0" and curves.steps[-1] == 12 and len(curves.mms_values) > 0
+    assert plot.load_run(runs[0]).label == "stock, seed 0"  # the folder name says what the settings say
     assert curves.seconds == sorted(curves.seconds)
 
 
