@@ -1,4 +1,4 @@
-"""`make demo`: on CPU, offline, in about a minute, train a small timm model (the CIFAR ResNet-20 through
+"""`make demo`: on CPU, offline, in a few minutes, train a small timm model (the CIFAR ResNet-20 through
 `TimmWrapperForImageClassification`) on scikit-learn's digits three ways with the same number of
 optimizer steps: stock training, MMS selective sampling (k=4), and MMR regularization (alpha ramped).
 Prints one line per evaluation while it trains, then a table, and writes a plot (accuracy vs steps, vs
