@@ -22,8 +22,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m tasks.demo
 
+# The project's tests, then transformers' own Trainer tests with MarginTrainer swapped in (stock, defaults, uniform
+# k=1 and k=2; from ../shared/upstream-trainer-tests, skipped with a message when that folder is missing)
 test: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q --durations=10
+	$(OFFLINE) $(BIN)/python tests/upstream/check.py
 
 # The CPU benchmark suite, then BENCHMARKS.md: every line of SUITE in tasks/bench/registry.py, in order (about
 # eleven hours on 2 cores; resumable: a finished run is never run again). `python -m tasks.bench suite --list`

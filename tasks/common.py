@@ -4,9 +4,44 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from transformers import Trainer
+
+_CRITERION_NAMES = {"mms": "MMS", "mms_cached": "MMS cached"}
+
+
+def describe_settings(settings: Mapping[str, Any]) -> str:
+    """
+    What a run is, from its margin settings (a `metrics.json` record, or the fields of its arguments):
+    `stock`, `MMS k=4`, `uniform k=2`, `MMS cached`, `margin pruning`, `MMR 1e-05->0.001` (a ramp),
+    `MMS k=4 + MMR 0.001`.
+    """
+    selection = settings.get("selection") or "none"
+    parts = []
+    if selection != "none":
+        name = _CRITERION_NAMES.get(selection, selection)
+        k = settings.get("selection_oversample")
+        parts.append(name if selection == "mms_cached" or k is None else f"{name} k={k:g}")
+    pruning = settings.get("pruning") or "none"
+    if pruning != "none":
+        parts.append(f"{pruning} pruning")
+    alpha, alpha_end = settings.get("mmr_alpha") or 0.0, settings.get("mmr_alpha_end")
+    if alpha or alpha_end is not None:
+        parts.append(f"MMR {alpha:g}" + (f"->{alpha_end:g}" if alpha_end is not None else ""))
+    return " + ".join(parts) or "stock"
+
+
+def margin_settings(args: Any) -> dict[str, Any]:
+    """The margin fields of a `TrainingArguments` (a plain one has none: every feature off)."""
+    return {
+        "selection": getattr(args, "selection", "none"),
+        "selection_oversample": getattr(args, "selection_oversample", None),
+        "pruning": getattr(args, "pruning", "none"),
+        "mmr_alpha": getattr(args, "mmr_alpha", 0.0),
+        "mmr_alpha_end": getattr(args, "mmr_alpha_end", None),
+    }
 
 
 def write_run_metrics(trainer: Trainer, train_metrics: dict[str, Any], eval_metrics: dict[str, Any]) -> dict:
@@ -27,11 +62,7 @@ def write_run_metrics(trainer: Trainer, train_metrics: dict[str, Any], eval_metr
         "selection_time_share": last_logged("selection_time_share"),
         "train_steps": trainer.state.global_step,
         "train_loss": train_metrics.get("train_loss"),
-        "selection": getattr(args, "selection", "none"),
-        "selection_oversample": getattr(args, "selection_oversample", None),
-        "pruning": getattr(args, "pruning", "none"),
-        "mmr_alpha": getattr(args, "mmr_alpha", 0.0),
-        "mmr_alpha_end": getattr(args, "mmr_alpha_end", None),
+        **margin_settings(args),
         "seed": args.seed,
         "per_device_train_batch_size": args.per_device_train_batch_size,
     }

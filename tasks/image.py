@@ -59,20 +59,25 @@ import torch
 from transformers import (
     EvalPrediction,
     HfArgumentParser,
+    PrinterCallback,
+    ProgressCallback,
     TimmWrapperConfig,
     TimmWrapperForImageClassification,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
 
 import tasks.cifar_models  # noqa: F401  (registers the CIFAR architectures in timm)
 from hf_margin import MarginTrainer, MarginTrainingArguments
-from tasks.common import write_run_metrics
+from tasks.common import describe_settings, write_run_metrics
 from tasks.image_data import AUGMENTATIONS, load_image_splits
 
 logger = logging.getLogger(__name__)
 
 LR_DROP_UNITS = ("fraction", "epoch", "sample_epoch", "step")
+# The Trainer's default of 8 makes evaluation of small images needlessly slow; a flag given on the command line wins.
+EVAL_BATCH_SIZE = 256
 
 _SGD = {"optim": "sgd", "optim_args": "momentum=0.9", "learning_rate": 0.1, "lr_scheduler_type": "constant"}
 SCHEDULE_PRESETS: dict[str, dict[str, Any]] = {
@@ -277,6 +282,34 @@ class StepSchedule:
         return [round(d * steps_per_unit) for d in self.drops]
 
 
+def check_milestones_within_training(schedule: StepSchedule, milestones: Sequence[int], max_steps: int) -> None:
+    """
+    Refuse a step schedule whose every drop falls at or after the last optimizer step (the rate would never
+    drop, silently), and warn when some of its drops do. A preset's drops in sample epochs land there when
+    `--max_steps` shortens the run, e.g. `early_drop_resnet44` with 32 steps per epoch drops at 1024 / 1120 / 1216.
+
+    Args:
+        schedule ([`StepSchedule`]): the drops as given, for the message.
+        milestones (`Sequence[int]`): the optimizer steps they became.
+        max_steps (`int`): optimizer steps of the run; a drop at step `max_steps` or later never takes effect.
+    """
+    beyond = [m for m in milestones if m >= max_steps]
+    if not beyond:
+        return
+    given = ",".join(f"{d:g}" for d in schedule.drops)
+    what = (
+        f"lr_drops={given} (lr_drop_unit={schedule.unit!r}) become optimizer steps {list(milestones)}, but training "
+        f"has max_steps={max_steps}"
+    )
+    fix = (
+        "lengthen training (--max_steps, --num_train_epochs or --train_sample_epochs), give drops that fit "
+        "(--lr_drops, --lr_drop_unit fraction), or turn the drops off with --lr_drops ''"
+    )
+    if len(beyond) == len(milestones):
+        raise ValueError(f"{what}: the learning rate would never drop. Either {fix}.")
+    logger.warning("%s: the drops at steps %s never happen. To keep them, %s.", what, beyond, fix)
+
+
 def step_lr_multiplier(step: int, milestones: Sequence[int], factor: float, warmup_steps: int = 0) -> float:
     """Learning-rate multiplier at `step`: `factor ** (milestones passed)`, after a linear warmup from 0."""
     warmup = step / warmup_steps if step < warmup_steps else 1.0
@@ -323,6 +356,7 @@ class ImageTrainer(MarginTrainer):
             steps_per_epoch=self._update_steps_per_epoch or 1,
             steps_per_sample_epoch=steps_per_sample_epoch(len(self.train_dataset), self.args),
         )
+        check_milestones_within_training(self.lr_schedule, self.lr_milestones, num_training_steps)
         milestones, factor = self.lr_milestones, self.lr_schedule.factor
         warmup_steps = self.args.get_warmup_steps(num_training_steps)
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -416,7 +450,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[ImageArguments, Margi
     """
     Parse `ImageArguments` and `MarginTrainingArguments`. A `--schedule` preset is spliced in front of
     the command line, so every flag given explicitly overrides it; an explicit `--max_steps` or
-    `--num_train_epochs` also replaces the preset's `train_sample_epochs`.
+    `--num_train_epochs` also replaces the preset's `train_sample_epochs`. `per_device_eval_batch_size`
+    defaults to `EVAL_BATCH_SIZE` (256) instead of the Trainer's 8.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     explicit = _explicit_flags(argv)
@@ -430,6 +465,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[ImageArguments, Margi
         preset["lr_scheduler_type"] = "constant"  # the step schedule replaces the Trainer's scheduler
     defaults = [tok for key, value in preset.items() if key not in explicit for tok in (f"--{key}", str(value))]
     parser = HfArgumentParser((ImageArguments, MarginTrainingArguments))
+    parser.set_defaults(per_device_eval_batch_size=EVAL_BATCH_SIZE)
     image_args, training_args = parser.parse_args_into_dataclasses(args=defaults + argv)
     if "log_timing" not in explicit:
         training_args.log_timing = True  # recipes record train_seconds: the time axis of their plots and benchmarks
@@ -441,12 +477,14 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[ImageArguments, Margi
     return image_args, training_args
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None, progress: TrainerCallback | None = None) -> dict[str, Any]:
     """
     Run the recipe: load and decode the data, build the model, train, evaluate, write `metrics.json`.
 
     Args:
         argv (`Sequence[str]`, *optional*): command-line flags; `sys.argv[1:]` when None.
+        progress (`TrainerCallback`, *optional*): shows the run's progress instead of the Trainer's own
+            progress bar or printed log dicts (the demo's one line per evaluation).
 
     Returns:
         The metrics record written to `<output_dir>/metrics.json`.
@@ -497,6 +535,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         compute_metrics=compute_accuracy,
         lr_schedule=image_args.step_schedule(),
     )
+    if progress is not None:
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(progress)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     eval_metrics = trainer.evaluate()
     run_info = {
@@ -511,9 +553,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if trainer.is_world_process_zero():
         print(
             f"tasks.image: {image_args.dataset_name} ({len(train_dataset)} train / {len(eval_dataset)} eval), "
-            f"{image_args.model_name_or_path}, selection={training_args.selection}: "
-            f"eval_accuracy={record['eval_accuracy']:.4f} after {record['train_steps']} steps "
-            f"in {record['train_runtime']:.1f} s"
+            f"{image_args.model_name_or_path}, {describe_settings(record)}: "
+            f"eval_accuracy={record['eval_accuracy']:.4f} after {record['train_steps']} steps, "
+            f"{record['train_seconds']:.1f} s training (evaluation excluded)"
         )
     return record
 

@@ -26,6 +26,7 @@ from tasks.glue import (
     load_local_glue,
     main,
     normalize_hub_glue,
+    parse_args,
     read_glue_tsv,
 )
 from tasks.glue_metrics import (
@@ -240,6 +241,13 @@ def test_stsb_refuses_margin_training_before_loading(tmp_path, margin_flags):
         main(argv)
 
 
+def test_eval_batch_defaults_to_64_unless_given(tmp_path):
+    _, args = parse_args(["--task_name", "rte", "--output_dir", str(tmp_path)])
+    assert args.per_device_eval_batch_size == 64 and args.per_device_train_batch_size == 8
+    _, args = parse_args(["--task_name", "rte", "--output_dir", str(tmp_path), "--per_device_eval_batch_size", "8"])
+    assert args.per_device_eval_batch_size == 8
+
+
 def test_stsb_without_margin_gets_to_the_data(tmp_path):
     argv = ["--task_name", "stsb", "--data_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path)]
     with pytest.raises(FileNotFoundError, match=r"STS-B/train\.tsv"):
@@ -271,7 +279,9 @@ def test_rte_with_mms_selection_end_to_end(glue_dir, tmp_path, capsys):
     assert metrics["eval_accuracy"] * 64 == pytest.approx(round(metrics["eval_accuracy"] * 64))  # 64 eval rows
     assert math.isfinite(metrics["eval_loss"]) and math.isfinite(metrics["train_loss"])
     assert metrics["train_runtime"] > 0
-    assert "GLUE rte: eval_accuracy=" in capsys.readouterr().out
+    line = capsys.readouterr().out
+    assert "GLUE rte: eval_accuracy=" in line and "| MMS k=2 |" in line
+    assert f"{metrics['train_seconds']:.1f} s training (evaluation excluded)" in line
 
 
 def test_cola_reports_matthews_correlation_end_to_end(glue_dir, tmp_path):

@@ -27,6 +27,7 @@ from tasks.image import (
     ImageTrainer,
     StepSchedule,
     build_model,
+    check_milestones_within_training,
     compute_accuracy,
     main,
     parse_args,
@@ -368,6 +369,40 @@ def test_invalid_schedule_arguments_fail_up_front(tmp_path):
         parse_args(["--lr_drops", "0.8,0.5", *out])
     with pytest.raises(ValueError, match="model_kwargs"):
         parse_args(["--model_kwargs", "[1]", *out])
+
+
+def test_lr_drops_beyond_the_last_step_fail_or_warn(caplog):
+    schedule = StepSchedule((32, 35, 38), "sample_epoch")
+    # every drop beyond the end: the rate would never drop, an error naming the fields
+    with pytest.raises(ValueError, match=r"lr_drops=32,35,38 \(lr_drop_unit='sample_epoch'\).*max_steps=10"):
+        check_milestones_within_training(schedule, [1024, 1120, 1216], 10)
+    with pytest.raises(ValueError, match="never drop"):
+        check_milestones_within_training(schedule, [10, 11, 12], 10)  # a drop at max_steps never takes effect
+    # some beyond: a warning that names the lost drops
+    with caplog.at_level("WARNING", logger="tasks.image"):
+        check_milestones_within_training(schedule, [8, 10, 12], 10)
+    assert "the drops at steps [10, 12] never happen" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tasks.image"):
+        check_milestones_within_training(schedule, [7, 8, 9], 10)
+    assert caplog.text == ""
+
+
+def test_early_drop_preset_cut_short_by_max_steps_fails_before_training(tmp_path):
+    # digits: ceil(1,437 / 64) = 23 steps per sample epoch, so the drops at sample epochs 32, 35, 38 are
+    # steps 736 / 805 / 874 of a 10-step run
+    argv = ["--dataset_name", "digits", "--schedule", "early_drop_resnet44", "--max_steps", "10"]
+    out = ["--output_dir", str(tmp_path), "--report_to", "none", "--save_strategy", "no", "--use_cpu"]
+    with pytest.raises(ValueError, match=r"optimizer steps \[736, 805, 874\].*max_steps=10"):
+        main([*argv, *out])
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_eval_batch_defaults_to_256_unless_given(tmp_path):
+    _, args = parse_args(["--output_dir", str(tmp_path)])
+    assert args.per_device_eval_batch_size == 256 and args.per_device_train_batch_size == 8
+    _, args = parse_args(["--output_dir", str(tmp_path), "--per_device_eval_batch_size", "8"])
+    assert args.per_device_eval_batch_size == 8
 
 
 def test_trainer_epoch_vs_sample_epoch_milestones_under_selection(tmp_path):

@@ -15,18 +15,71 @@ from tasks.bench.report import render_report, scoring_section
 from tests.conftest import TinyTextDataset, bench_dirs, tiny_bert
 
 
-def test_plot_writes_a_png_from_two_runs(tmp_path):
+def test_demo_shows_progress_labels_runs_and_plots(tmp_path, capsys):
     records = demo.main(["--output_dir", str(tmp_path / "demo"), "--max_steps", "12"])
     assert [r["train_steps"] for r in records] == [12, 12, 12]
     assert records[1]["selection"] == "mms" and 0 < records[1]["selection_time_share"] < 1
-    assert records[2]["mmr_alpha_end"] == pytest.approx(1e-3)
-    runs = [tmp_path / "demo" / name for name in ("uniform", "mms")]
+    assert records[2]["selection"] == "none" and records[2]["mmr_alpha_end"] == pytest.approx(1e-3)
+    out = capsys.readouterr().out
+    assert "{'loss'" not in out and "'eval_accuracy':" not in out  # no raw log dicts
+    # one line per evaluation (every 12 // 12 = 1 step), labelled by what the run is
+    for label in ("stock", "MMS k=4", "MMR ramp"):
+        assert sum(line.startswith(f"  {label} ") for line in out.splitlines()) == 12
+    assert "stock: eval_accuracy=" in out and "MMS k=4: eval_accuracy=" in out
+    assert "MMR 1e-05->0.001: eval_accuracy=" in out and "selection=none" not in out
+    # the per-run line and the table give the same training seconds
+    table = out[out.index("scoring share") :].splitlines()[1:4]
+    for (label, record), row in zip(zip(("stock", "MMS k=4", "MMR ramp"), records), table):
+        seconds = f"{record['train_seconds']:.1f}"
+        assert row.startswith(label) and row.split()[-2] == seconds
+        assert f"{seconds} s training (evaluation excluded)" in out
+    runs = [tmp_path / "demo" / name for name in ("stock", "mms")]
     out = plot.main([*map(str, runs), "--out", str(tmp_path / "cmp.png")])
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
     curves = plot.load_run(runs[1])
-    assert curves.label == "mms k=4" and curves.steps[-1] == 12 and len(curves.mms_values) > 0
+    assert curves.label == "mms: MMS k=4, seed 0" and curves.steps[-1] == 12 and len(curves.mms_values) > 0
+    assert plot.load_run(runs[0]).label == "stock, seed 0"  # the folder name says what the settings say
     assert curves.seconds == sorted(curves.seconds)
+
+
+def _fake_run(run_dir, steps, logging_steps, seed, log_every):
+    """A run folder as the recipes write it: metrics.json and a log history with MMS every `log_every` steps."""
+    run_dir.mkdir(parents=True)
+    history = [{"step": s, "eval_accuracy": s / steps} for s in range(1, steps + 1)]
+    history += [{"step": s, "loss": 1.0, "mms_train_mean": 0.1 * s} for s in range(log_every, steps + 1, log_every)]
+    state = {"log_history": history, "global_step": steps, "logging_steps": logging_steps}
+    (run_dir / "trainer_state.json").write_text(json.dumps(state))
+    settings = {"selection": "mms", "selection_oversample": 2.0, "mmr_alpha": 0.0, "mmr_alpha_end": None}
+    (run_dir / "metrics.json").write_text(json.dumps({**settings, "seed": seed}))
+    return run_dir
+
+
+def _plotted_figure(monkeypatch, runs, out):
+    figures = []
+    monkeypatch.setattr(plot.plt, "close", figures.append)
+    plot.plot_runs(runs, out)
+    return figures[0]
+
+
+def test_plot_tells_runs_with_the_same_settings_apart(tmp_path, monkeypatch):
+    runs = [plot.load_run(_fake_run(tmp_path / name, 20, 5, seed, 5)) for name, seed in (("a", 0), ("b", 1))]
+    assert [r.label for r in runs] == ["a: MMS k=2, seed 0", "b: MMS k=2, seed 1"]
+    figure = _plotted_figure(monkeypatch, runs, tmp_path / "x.png")
+    for ax in figure.axes:
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == [r.label for r in runs]
+    assert len(figure.axes[2].texts) == 0  # both traces drawn, nothing to explain
+
+
+def test_plot_says_why_the_mms_panel_is_empty_for_a_short_run(tmp_path, monkeypatch):
+    short = plot.load_run(_fake_run(tmp_path / "short", 8, 10, 0, 10))  # 8 steps, logging every 10: no MMS
+    full = plot.load_run(_fake_run(tmp_path / "full", 20, 5, 0, 5))
+    assert short.mms_values == [] and len(full.mms_values) == 4
+    figure = _plotted_figure(monkeypatch, [short, full], tmp_path / "x.png")
+    notes = " ".join(t.get_text() for t in figure.axes[2].texts)
+    assert "short: MMS k=2, seed 0: 8 steps, fewer than logging_steps=10" in notes
+    assert "full:" not in notes
+    assert [line.get_label() for line in figure.axes[2].get_lines()] == [full.label]
 
 
 def test_plot_refuses_a_folder_that_is_not_a_run(tmp_path):
