@@ -139,16 +139,16 @@ SETTINGS: dict[str, Setting] = {
         "GLUE SST-2 (67,349 train / 872 dev), pretrained all-MiniLM-L6-v2, batch 32, seq 64, AdamW 5e-5, bf16, "
         "2,000 steps.",
     ),
-    # Epoch pruning, vision: multi-epoch training to a plateau on a 3k-image Fashion-MNIST subset (15 passes)
+    # Epoch pruning, vision: multi-epoch training on a 3k-image Fashion-MNIST subset (20 passes)
     "fmnist_prune": _image(
         "fashion_mnist",
         "cifar_resnet20",
-        "--max_train_samples 3000 --max_eval_samples 2000 --per_device_train_batch_size 64 --num_train_epochs 15 "
-        "--eval_steps 50 --learning_rate 0.1 --warmup_steps 20 --lr_scheduler_type cosine --optim sgd "
+        "--max_train_samples 3000 --max_eval_samples 1000 --per_device_train_batch_size 64 --num_train_epochs 20 "
+        "--eval_steps 47 --learning_rate 0.1 --warmup_steps 24 --lr_scheduler_type cosine --optim sgd "
         "--optim_args momentum=0.9 --weight_decay 5e-4",
         "--max_train_samples 640 --max_eval_samples 200 --num_train_epochs 3 --eval_steps 10",
-        "Fashion-MNIST, 3,000-image train subset, 2,000 test images; CIFAR ResNet-20 (1 channel), batch 64, SGD lr "
-        "0.1 (20 warm-up steps) cosine, weight decay 5e-4, 15 passes (705 steps unpruned).",
+        "Fashion-MNIST, 3,000-image train subset, 1,000 test images; CIFAR ResNet-20 (1 channel), batch 64, SGD lr "
+        "0.1 (24 warm-up steps) cosine, weight decay 5e-4, 20 passes (940 steps unpruned).",
     ),
     # Epoch pruning, text: the usual fine-tuning recipe (AdamW, warm-up, linear decay) on a 1,200-sentence SST-2
     # subset for 5 passes
