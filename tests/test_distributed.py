@@ -51,3 +51,14 @@ def test_two_process_cached_selection_shares_one_cache(tmp_path):
     assert ranks[0]["margins"] == ranks[1]["margins"]  # every process stores every process's margins
     assert ranks[0]["updated_step"] == ranks[1]["updated_step"]
     assert all(step >= 0 for step in ranks[0]["updated_step"])  # 12 steps of 2 x 4 scored all 96 samples
+
+
+@pytest.mark.slow
+def test_two_process_ranking_gathers_every_sample_once_in_dataset_order(tmp_path):
+    ranks = _torchrun(tmp_path, "rank")
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    for result in ranks:
+        assert len(result["scores"]) == 23  # not 24: the padding sample of the short last batch is dropped
+        assert result["scores"] == pytest.approx(result["reference"], abs=1e-5)
+        assert sorted(result["indices"]) == list(range(23))
+    assert ranks[0]["scores"] == ranks[1]["scores"] and ranks[0]["indices"] == ranks[1]["indices"]
