@@ -16,16 +16,17 @@ margin selection, ...); `--train_sample_epochs` (image) sets each round's steps 
 `--schedule` presets are for full-data training and are refused here: give the optimiser flags explicitly.
 
 `--round_start initial` (the default, the standard protocol) trains every round from the same initial
-weights (the model is rebuilt from `--seed`), so a round's accuracy depends only on which samples are
-labelled; `--round_start continue` fine-tunes the previous round's model on the grown labelled set.
+weights (those built from `--seed` before round 0 are restored), so a round's accuracy depends only on
+which samples are labelled; `--round_start continue` fine-tunes the previous round's model on the grown labelled set.
 
-Example (Fashion-MNIST, a 5,000-image pool, 100 initial labels and 5 rounds of +100 by MMS):
+Example (Fashion-MNIST, a 10,000-image pool, 100 initial labels and 5 rounds of +100 by MMS, a small CNN
+trained 30 epochs of its labelled set per round):
 
 ```bash
-python -m tasks.active --recipe image --dataset_name fashion_mnist --max_train_samples 5000 \\
-    --max_eval_samples 2000 --model_name_or_path cifar_resnet20 --criterion mms --initial_labels 100 \\
-    --query_size 100 --rounds 5 --max_steps 150 --per_device_train_batch_size 32 \\
-    --output_dir runs/al_fmnist_mms --save_strategy no --report_to none
+python -m tasks.active --recipe image --dataset_name fashion_mnist --max_train_samples 10000 \\
+    --max_eval_samples 5000 --augmentation none --model_name_or_path cifar_cnn --train_sample_epochs 30 \\
+    --per_device_train_batch_size 32 --learning_rate 3e-3 --criterion mms --initial_labels 100 \\
+    --query_size 100 --rounds 5 --output_dir runs/al_fmnist_mms --save_strategy no --report_to none
 ```
 """
 
