@@ -10,7 +10,7 @@ which timm's ImageNet ResNets do not. Importing this module registers, the timm 
   channels, 6n+2 layers; 0.27M / 0.46M / 0.66M / 0.85M / 1.73M parameters with 10 classes.
 - `wide_resnet16_4`, `wide_resnet28_2`, `wide_resnet28_10`: Zagoruyko & Komodakis 2016, pre-activation
   basic blocks with 16k/32k/64k channels; 2.75M / 1.47M / 36.5M parameters.
-- `cifar_cnn`: a LeNet-style CNN (two conv + max-pool blocks, a hidden fully-connected layer), 0.16M
+- `cifar_cnn`: a LeNet-style CNN (two conv + max-pool blocks, a hidden fully-connected layer), 0.15M
   parameters; cheap enough for many short CPU runs (active-learning grids).
 - `cifar_resnet18`: timm's own `ResNet` (basic blocks 2-2-2-2, 64..512 channels) with a 3x3 stride-1 stem
   and no max-pool; 11.2M parameters.
@@ -441,6 +441,6 @@ def cifar_resnet18(pretrained: bool = False, **kwargs: Any) -> ResNet:
 
 @register_model
 def cifar_cnn(pretrained: bool = False, **kwargs: Any) -> CifarCNN:
-    """A LeNet-style CNN (two conv blocks of 32 and 64 channels, a hidden layer of 128), 0.16M parameters."""
+    """A LeNet-style CNN (two conv blocks of 32 and 64 channels, a hidden layer of 128), 0.15M parameters."""
     _no_weights("cifar_cnn", pretrained)
     return build_model_with_cfg(CifarCNN, "cifar_cnn", pretrained, **kwargs)

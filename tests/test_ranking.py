@@ -321,3 +321,18 @@ def test_benchmark_summary_helpers():
     assert labels_to_reach(labels, [0.5, 0.7, 0.8], 0.6) == pytest.approx(150)
     assert labels_to_reach(labels, [0.5, 0.7, 0.8], 0.4) == 100
     assert labels_to_reach(labels, [0.5, 0.7, 0.8], 0.9) is None
+
+
+def test_cifar_cnn_counts_and_head():
+    import timm
+
+    import tasks.cifar_models  # noqa: F401  (registers cifar_cnn)
+    from hf_margin import find_classifier
+
+    model = timm.create_model("cifar_cnn", num_classes=10)
+    # convs 3*32*9+32 and 32*64*9+64, hidden 64*16*128+128, classifier 128*10+10
+    assert sum(p.numel() for p in model.parameters()) == 896 + 18_496 + 131_200 + 1_290
+    assert model(torch.zeros(2, 3, 28, 28)).shape == (2, 10)
+    assert find_classifier(model)[0] == "fc" and model.forward_head(
+        model.forward_features(torch.zeros(1, 3, 8, 8)), pre_logits=True
+    ).shape == (1, 128)
