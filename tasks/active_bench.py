@@ -127,6 +127,7 @@ def summarize(setting: str) -> dict[str, Any]:
             "area_mean": float(np.mean(areas)),
             "area_std": float(np.std(areas, ddof=1)) if len(areas) > 1 else 0.0,
         }
+    _paired_differences(summary)
     random = summary["criteria"].get("random")
     if random is not None:
         target = random["mean"][-1]
@@ -134,6 +135,33 @@ def summarize(setting: str) -> dict[str, Any]:
         for stats in summary["criteria"].values():
             stats["labels_to_random_final"] = labels_to_reach(stats["labels"], stats["mean"], target)
     return summary
+
+
+def _paired_differences(summary: dict[str, Any]) -> None:
+    """Each criterion's final accuracy and area minus random's and breaking_ties', seed by seed (same initial set)."""
+    criteria = summary["criteria"]
+    for baseline in ("random", "breaking_ties"):
+        if baseline not in criteria:
+            continue
+        base = dict(zip(criteria[baseline]["seeds"], criteria[baseline]["per_seed"], strict=True))
+        for stats in criteria.values():
+            pairs = [
+                (curve, base[seed])
+                for seed, curve in zip(stats["seeds"], stats["per_seed"], strict=True)
+                if seed in base
+            ]
+            if not pairs:
+                continue
+            labels = stats["labels"]
+            final = [c[-1] - b[-1] for c, b in pairs]
+            area = [area_under_curve(labels, c) - area_under_curve(labels, b) for c, b in pairs]
+            stats[f"vs_{baseline}"] = {
+                "seeds": len(pairs),
+                "final_mean": float(np.mean(final)),
+                "final_std": float(np.std(final, ddof=1)) if len(pairs) > 1 else 0.0,
+                "area_mean": float(np.mean(area)),
+                "area_std": float(np.std(area, ddof=1)) if len(pairs) > 1 else 0.0,
+            }
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
@@ -150,6 +178,18 @@ def markdown_table(summary: dict[str, Any]) -> str:
         )
         area = f"{100 * stats['area_mean']:.1f} +- {100 * stats['area_std']:.1f}"
         lines.append(f"| {name} | {len(stats['seeds'])} | " + " | ".join(cells) + f" | {area} | {reach_text} |")
+    lines += ["", "Paired by seed (same initial labels), in accuracy points: criterion minus baseline.", ""]
+    lines += ["| criterion | final vs random | area vs random | final vs breaking_ties | area vs breaking_ties |"]
+    lines += ["|---|---|---|---|---|"]
+    for name, stats in criteria.items():
+        cells = []
+        for baseline in ("random", "breaking_ties"):
+            diff = stats.get(f"vs_{baseline}")
+            for key in ("final", "area"):
+                cells.append(
+                    "-" if diff is None else f"{100 * diff[key + '_mean']:+.1f} +- {100 * diff[key + '_std']:.1f}"
+                )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
