@@ -336,3 +336,23 @@ def test_cifar_cnn_counts_and_head():
     assert find_classifier(model)[0] == "fc" and model.forward_head(
         model.forward_features(torch.zeros(1, 3, 8, 8)), pre_logits=True
     ).shape == (1, 128)
+
+
+def test_benchmark_summary_pairs_seeds(tmp_path, monkeypatch):
+    import tasks.active_bench as bench
+
+    monkeypatch.setattr(bench, "RUNS", tmp_path)
+    curves = {("random", 0): [0.5, 0.6], ("random", 1): [0.5, 0.7], ("mms", 0): [0.5, 0.8], ("mms", 1): [0.5, 0.8]}
+    for (criterion, seed), accuracy in curves.items():
+        out = tmp_path / "fmnist" / f"{criterion}_seed{seed}"
+        out.mkdir(parents=True)
+        record = {"criterion": criterion, "seed": seed, "labels": [100, 200], "accuracy": accuracy}
+        (out / "active.json").write_text(json.dumps(record))
+    summary = bench.summarize("fmnist")
+    mms, random = summary["criteria"]["mms"], summary["criteria"]["random"]
+    assert random["mean"] == pytest.approx([0.5, 0.65]) and random["std"][1] == pytest.approx(0.0707, abs=1e-4)
+    assert mms["vs_random"]["final_mean"] == pytest.approx(0.15) and mms["vs_random"]["final_std"] == pytest.approx(
+        0.0707, abs=1e-4
+    )
+    assert mms["labels_to_random_final"] == pytest.approx(100 + 100 * 0.15 / 0.3)
+    assert "| mms | 2 | 50.0 +- 0.0 | 80.0 +- 0.0 |" in bench.markdown_table(summary)
