@@ -1,26 +1,44 @@
-"""hf_margin: margin-based training (MMS selective sampling, MMR regularization) for Hugging Face Trainer."""
+"""hf_margin: margin-based training (MMS selective sampling, epoch pruning, MMR regularization) and label-free
+ranking of unlabeled data, for the Hugging Face Trainer."""
 
-from .config import SELECTION_CRITERIA, MarginSettings, MarginTrainingArguments
+from .config import PRUNING_CRITERIA, SELECTION_CRITERIA, MarginSettings, MarginTrainingArguments
 from .heads import HeadTap, effective_weight, find_classifier
-from .margin import entropy_scores, minimal_margin_scores, multi_margin_penalty, per_sample_losses
+from .margin import (
+    breaking_ties_scores,
+    entropy_scores,
+    least_confidence_scores,
+    minimal_margin_scores,
+    multi_margin_penalty,
+    per_sample_losses,
+    signed_margin_scores,
+)
+from .ranking import RANKING_CRITERIA, RankedScores, score_dataset, select_for_labelling
 from .selection import linear_ramp, pool_scores, select_by_score, select_uniform
 from .trainer import MarginTrainer
 
 __all__ = [
+    "PRUNING_CRITERIA",
+    "RANKING_CRITERIA",
     "SELECTION_CRITERIA",
     "HeadTap",
-    "MarginTrainer",
     "MarginSettings",
+    "MarginTrainer",
     "MarginTrainingArguments",
+    "RankedScores",
+    "breaking_ties_scores",
     "effective_weight",
     "entropy_scores",
     "find_classifier",
+    "least_confidence_scores",
     "linear_ramp",
     "minimal_margin_scores",
     "multi_margin_penalty",
     "per_sample_losses",
     "pool_scores",
+    "score_dataset",
     "select_by_score",
+    "select_for_labelling",
     "select_uniform",
+    "signed_margin_scores",
 ]
 __version__ = "0.1.0"

@@ -199,3 +199,42 @@ def _check_logits_weight(logits: torch.Tensor, weight: torch.Tensor) -> None:
         raise ValueError(f"margins need at least 2 classes; logits have {logits.shape[1]}.")
     if weight.shape[0] != logits.shape[1]:
         raise ValueError(f"weight has {weight.shape[0]} rows but logits have {logits.shape[1]} classes.")
+
+
+def least_confidence_scores(logits: torch.Tensor) -> torch.Tensor:
+    """
+    Least confidence of each sample, `1 - p_1`, with `p_1` the largest softmax probability of its row, in
+    float32. Uncertainty sampling keeps the largest (Lewis & Gale 1994; Settles 2009, "Active Learning
+    Literature Survey", section 3.1).
+
+    Args:
+        logits (`torch.Tensor` of shape `[B, C]`): `C >= 2`.
+
+    Returns:
+        `torch.Tensor` of shape `[B]`, in `[0, 1 - 1/C]`.
+    """
+    _check_logits(logits)
+    return 1.0 - F.softmax(logits.detach().float(), dim=1).amax(dim=1)
+
+
+def breaking_ties_scores(logits: torch.Tensor) -> torch.Tensor:
+    """
+    Probability margin of each sample, `p_1 - p_2`, the gap between its two largest softmax probabilities,
+    in float32. Breaking ties keeps the smallest (Scheffer, Decomain, Wrobel 2001; Luo et al. 2005). It is the
+    probability-space counterpart of the minimal margin score, which divides the logit gap by
+    `||w_1 - w_2||` instead of passing it through the softmax.
+
+    Args:
+        logits (`torch.Tensor` of shape `[B, C]`): `C >= 2`.
+
+    Returns:
+        `torch.Tensor` of shape `[B]`, in `[0, 1]`.
+    """
+    _check_logits(logits)
+    top2 = F.softmax(logits.detach().float(), dim=1).topk(2, dim=1).values
+    return top2[:, 0] - top2[:, 1]
+
+
+def _check_logits(logits: torch.Tensor) -> None:
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        raise ValueError(f"logits must be [B, C] with C >= 2 classes; got {list(logits.shape)}.")

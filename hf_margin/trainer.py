@@ -22,6 +22,7 @@ from .clock import TrainClock
 from .config import MarginSettings
 from .heads import HeadTap, find_classifier, out_features
 from .margin import minimal_margin_scores
+from .ranking import RankedScores, score_dataset
 from .regularization import MultiMarginRegularizer
 from .selection import logs_after
 from .strategies import MetricBuffer, build_strategy
@@ -296,6 +297,12 @@ class MarginTrainer(Trainer):
         for key in (*self.label_names, *LABEL_KEYS):
             inputs.pop(key, None)
         return labels
+
+    # ---- ranking unlabeled data ----
+
+    def score_dataset(self, dataset: Any, criterion: str = "mms", seed: int | None = None) -> RankedScores:
+        """Rank `dataset` for labelling with this trainer's model: see `hf_margin.ranking.score_dataset`."""
+        return score_dataset(self, dataset, criterion, seed)
 
     # ---- logging, timing, checkpoints ----
 

@@ -10,6 +10,8 @@ which timm's ImageNet ResNets do not. Importing this module registers, the timm 
   channels, 6n+2 layers; 0.27M / 0.46M / 0.66M / 0.85M / 1.73M parameters with 10 classes.
 - `wide_resnet16_4`, `wide_resnet28_2`, `wide_resnet28_10`: Zagoruyko & Komodakis 2016, pre-activation
   basic blocks with 16k/32k/64k channels; 2.75M / 1.47M / 36.5M parameters.
+- `cifar_cnn`: a LeNet-style CNN (two conv + max-pool blocks, a hidden fully-connected layer), 0.15M
+  parameters; cheap enough for many short CPU runs (active-learning grids).
 - `cifar_resnet18`: timm's own `ResNet` (basic blocks 2-2-2-2, 64..512 channels) with a 3x3 stride-1 stem
   and no max-pool; 11.2M parameters.
 
@@ -32,7 +34,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-__all__ = ["CifarResNet", "WideResNet"]
+__all__ = ["CifarCNN", "CifarResNet", "WideResNet"]
 
 # Per-channel statistics of the CIFAR-10 training set (the usual normalisation constants).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -302,8 +304,56 @@ default_cfgs = generate_default_cfgs(
         **{f"cifar_resnet{d}": _cfg() for d in (20, 32, 44, 56, 110)},
         **{name: _cfg(first_conv="stem") for name in ("wide_resnet16_4", "wide_resnet28_2", "wide_resnet28_10")},
         "cifar_resnet18": _cfg(pool_size=(4, 4), first_conv="conv1"),
+        "cifar_cnn": _cfg(pool_size=(1, 1), first_conv="features.0"),
     }
 )
+
+
+class CifarCNN(_CifarClassifierMixin, nn.Module):
+    """
+    A small LeNet-style CNN: two blocks of 3x3 conv + ReLU + 2x2 max-pool (`widths` channels), adaptive
+    average pooling to 4x4, a hidden fully-connected layer of `hidden` units with ReLU, and a linear
+    classifier. No BatchNorm, so it trains the same on a few dozen samples as on many.
+
+    Args:
+        num_classes (`int`, *optional*, defaults to 10): 0 gives no classifier (`fc` is the identity).
+        in_chans (`int`, *optional*, defaults to 3): image channels.
+        widths (`tuple[int, int]`, *optional*, defaults to `(32, 64)`): channels of the two conv blocks.
+        hidden (`int`, *optional*, defaults to 128): width of the hidden layer, the classifier's input.
+        drop_rate (`float`, *optional*, defaults to 0.0): dropout before the classifier.
+        global_pool (`str`, *optional*, defaults to `"avg"`): timm pooling type (of a 1x1 map).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        widths: tuple[int, int] = (32, 64),
+        hidden: int = 128,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
+    ):
+        super().__init__()
+        self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
+        self.features = nn.Sequential(
+            nn.Conv2d(in_chans, widths[0], 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(widths[0], widths[1], 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(widths[1] * 16, hidden),
+            nn.ReLU(inplace=True),
+        )
+        self.feature_info = [dict(num_chs=hidden, reduction=4, module="features")]
+        self.num_features = self.head_hidden_size = hidden
+        self.global_pool, self.fc = create_classifier(hidden, num_classes, pool_type=global_pool)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """`x: [B, in_chans, H, W]` (H, W >= 4) -> `[B, hidden, 1, 1]`."""
+        return self.features(x)[:, :, None, None]
 
 
 def _no_weights(variant: str, pretrained: bool) -> None:
@@ -387,3 +437,10 @@ def cifar_resnet18(pretrained: bool = False, **kwargs: Any) -> ResNet:
     for info in model.feature_info:
         info["reduction"] = max(info["reduction"] // 4, 1)
     return model
+
+
+@register_model
+def cifar_cnn(pretrained: bool = False, **kwargs: Any) -> CifarCNN:
+    """A LeNet-style CNN (two conv blocks of 32 and 64 channels, a hidden layer of 128), 0.15M parameters."""
+    _no_weights("cifar_cnn", pretrained)
+    return build_model_with_cfg(CifarCNN, "cifar_cnn", pretrained, **kwargs)

@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hf_margin import MarginTrainer, MarginTrainingArguments  # noqa: E402
+from hf_margin import MarginTrainer, MarginTrainingArguments, minimal_margin_scores, score_dataset  # noqa: E402
 from tests.conftest import TinyTextDataset, tiny_bert  # noqa: E402
 
 
@@ -25,6 +25,8 @@ def main(out_dir: str, mode: str = "mms") -> None:
         return cached(out_dir)
     if mode == "pruning":
         return pruned(out_dir)
+    if mode == "rank":
+        return rank(out_dir)
     model = tiny_bert()
     calls = []
 
@@ -75,6 +77,25 @@ def pruned(out_dir: str) -> None:
         "per_epoch": trainer.strategy.schedule.per_epoch,
         "margins": trainer.strategy.cache.margins.tolist(),
         "rows": rows,
+    }
+    Path(out_dir, f"rank{args.process_index}.json").write_text(json.dumps(result))
+
+
+def rank(out_dir: str) -> None:
+    """Ranking 23 samples in eval batches of 4 per process: 3 batches on one process, 3 on the other (one short)."""
+    model = tiny_bert(num_labels=3, dropout=0.0)
+    data = TinyTextDataset(n=23, num_labels=3)
+    args = worker_args(out_dir, per_device_eval_batch_size=4)
+    ranked = score_dataset(MarginTrainer(model=model, args=args), data, criterion="mms")
+    model.eval()
+    with torch.no_grad():  # this process alone, every sample, dataset order
+        logits = model(input_ids=data.input_ids, attention_mask=torch.ones_like(data.input_ids)).logits
+    result = {
+        "rank": args.process_index,
+        "world_size": args.world_size,
+        "scores": ranked.scores.tolist(),
+        "indices": ranked.indices.tolist(),
+        "reference": minimal_margin_scores(logits, model.classifier.weight).tolist(),
     }
     Path(out_dir, f"rank{args.process_index}.json").write_text(json.dumps(result))
 

@@ -66,3 +66,14 @@ def test_two_process_pruning_plans_the_same_passes(tmp_path):
     # each step the processes train on different halves of one planned batch
     for a, b in zip(ranks[0]["rows"], ranks[1]["rows"]):
         assert not {tuple(r) for r in a} & {tuple(r) for r in b} or a == b
+
+
+@pytest.mark.slow
+def test_two_process_ranking_gathers_every_sample_once_in_dataset_order(tmp_path):
+    ranks = _torchrun(tmp_path, "rank")
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    for result in ranks:
+        assert len(result["scores"]) == 23  # not 24: the padding sample of the short last batch is dropped
+        assert result["scores"] == pytest.approx(result["reference"], abs=1e-5)
+        assert sorted(result["indices"]) == list(range(23))
+    assert ranks[0]["scores"] == ranks[1]["scores"] and ranks[0]["indices"] == ranks[1]["indices"]
