@@ -155,7 +155,7 @@ SETTINGS: dict[str, Setting] = {
     "sst2_prune": _glue(
         "sst2",
         "--max_train_samples 1200 --per_device_train_batch_size 32 --max_seq_length 64 --num_train_epochs 5 "
-        "--eval_steps 19 --learning_rate 5e-5 --warmup_ratio 0.06",
+        "--eval_steps 19 --learning_rate 5e-5 --warmup_steps 0.06",
         "--max_train_samples 256 --max_eval_samples 64 --num_train_epochs 2 --eval_steps 4",
         "GLUE SST-2, 1,200-sentence train subset, full dev (872); pretrained all-MiniLM-L6-v2, batch 32, seq 64, "
         "AdamW 5e-5, 6% warm-up, linear decay, 5 passes (190 steps unpruned).",
