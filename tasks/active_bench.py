@@ -2,7 +2,7 @@
 Active-learning benchmark: acquisition criteria compared by accuracy per label, outside the test suite.
 
     python -m tasks.active_bench run fmnist --criteria mms,breaking_ties,entropy,least_confidence,random --seeds 0,1,2
-    python -m tasks.active_bench report fmnist          # -> results/active_fmnist.json and .png
+    python -m tasks.active_bench report fmnist          # -> results/active/active_fmnist.json and .png
 
 `run` calls `tasks.active` once per (seed, criterion), seeds outermost, so a grid cut short still holds
 whole seeds; a run whose `active.json` exists is skipped, so an interrupted grid resumes. `report` gives,
@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hf_margin import RANKING_CRITERIA
+from tasks import paths
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "results"
-RUNS = REPO / "runs" / "active"
+RESULTS = paths.RESULTS / "active"  # apart from the tasks.bench results that BENCHMARKS.md renders
+RUNS = paths.RUNS / "active"
 
 # Every setting: 100 random initial labels, +100 per round, 5 rounds, each round trained from the same
 # initial weights; the rest are the recipes' own flags.
@@ -45,7 +44,7 @@ SETTINGS: dict[str, list[str]] = {
     # the first 400 dev sentences for eval, 50 initial labels + 50 per round for 4 rounds, 3 epochs per
     # round at batch 8 (ceil(50 / 8) x 3 = 21 steps with 50 labels, 96 with 250).
     "sst2": [
-        "--recipe", "glue", "--task_name", "sst2", "--data_dir", str(REPO.parent / "shared" / "data" / "glue"),
+        "--recipe", "glue", "--task_name", "sst2", "--data_dir", str(paths.SHARED_DATA / "glue"),
         "--max_train_samples", "1000", "--max_eval_samples", "400", "--max_seq_length", "64",
         "--num_train_epochs", "3", "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "64",
         "--learning_rate", "1e-4", "--warmup_steps", "0.1",
@@ -53,7 +52,7 @@ SETTINGS: dict[str, list[str]] = {
     ],
     # MRPC, 2 classes: the same loop on sentence pairs (about four times the tokens of an SST-2 sentence).
     "mrpc": [
-        "--recipe", "glue", "--task_name", "mrpc", "--data_dir", str(REPO.parent / "shared" / "data" / "glue"),
+        "--recipe", "glue", "--task_name", "mrpc", "--data_dir", str(paths.SHARED_DATA / "glue"),
         "--max_train_samples", "1000", "--max_seq_length", "128", "--num_train_epochs", "3",
         "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "64", "--learning_rate", "1e-4",
         "--warmup_steps", "0.1",
@@ -194,11 +193,11 @@ def markdown_table(summary: dict[str, Any]) -> str:
 
 
 def report(setting: str) -> dict[str, Any]:
-    """Write `results/active_<setting>.json` and `.png`; print the markdown table."""
+    """Write `results/active/active_<setting>.json` and `.png`; print the markdown table."""
     from tasks.active import plot_learning_curves
 
     summary = summarize(setting)
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"active_{setting}.json").write_text(json.dumps(summary, indent=1))
     curves = {
         f"{name} (n={len(s['seeds'])})": (s["labels"], s["mean"], s["std"]) for name, s in summary["criteria"].items()
