@@ -123,26 +123,16 @@ class ActiveTask:
 
 def image_task(image_args: Any, training_args: MarginTrainingArguments) -> ActiveTask:
     """The `tasks.image` recipe's data, model and `ImageTrainer`; the pool is its train split."""
-    from tasks.image import ImageTrainer, _model_input_spec, build_model, compute_accuracy, is_checkpoint
+    from tasks.image import ImageTrainer, _model_input_spec, build_model, compute_accuracy, is_checkpoint, load_splits
     from tasks.image import steps_per_sample_epoch as sample_epoch_steps
-    from tasks.image_data import TensorImageDataset, load_image_splits
+    from tasks.image_data import TensorImageDataset
 
     if image_args.schedule != "none":
         raise ValueError(
             f"schedule={image_args.schedule!r}: the presets are full-data recipes; give the optimiser and "
             "--train_sample_epochs flags explicitly for the small labelled sets of active learning."
         )
-    splits = load_image_splits(
-        image_args.dataset_name,
-        data_dir=image_args.data_dir,
-        config_name=image_args.dataset_config_name,
-        max_train_samples=image_args.max_train_samples,
-        max_eval_samples=image_args.max_eval_samples,
-        image_size=image_args.image_size,
-        augmentation=image_args.augmentation,
-        crop_padding=image_args.crop_padding,
-        subset_seed=image_args.subset_seed,
-    )
+    splits = load_splits(image_args)
     model_kwargs = json.loads(image_args.model_kwargs) if image_args.model_kwargs else None
     train, evaluation = splits.train, splits.eval
     channels = train.num_channels

@@ -477,6 +477,21 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[ImageArguments, Margi
     return image_args, training_args
 
 
+def load_splits(image_args: ImageArguments):
+    """The train and eval splits that `image_args` describe, decoded once (`image_data.load_image_splits`)."""
+    return load_image_splits(
+        image_args.dataset_name,
+        data_dir=image_args.data_dir,
+        config_name=image_args.dataset_config_name,
+        max_train_samples=image_args.max_train_samples,
+        max_eval_samples=image_args.max_eval_samples,
+        image_size=image_args.image_size,
+        augmentation=image_args.augmentation,
+        crop_padding=image_args.crop_padding,
+        subset_seed=image_args.subset_seed,
+    )
+
+
 def main(argv: Sequence[str] | None = None, progress: TrainerCallback | None = None) -> dict[str, Any]:
     """
     Run the recipe: load and decode the data, build the model, train, evaluate, write `metrics.json`.
@@ -490,17 +505,7 @@ def main(argv: Sequence[str] | None = None, progress: TrainerCallback | None = N
         The metrics record written to `<output_dir>/metrics.json`.
     """
     image_args, training_args = parse_args(argv)
-    splits = load_image_splits(
-        image_args.dataset_name,
-        data_dir=image_args.data_dir,
-        config_name=image_args.dataset_config_name,
-        max_train_samples=image_args.max_train_samples,
-        max_eval_samples=image_args.max_eval_samples,
-        image_size=image_args.image_size,
-        augmentation=image_args.augmentation,
-        crop_padding=image_args.crop_padding,
-        subset_seed=image_args.subset_seed,
-    )
+    splits = load_splits(image_args)
     train_dataset, eval_dataset = splits.train, splits.eval
     logger.info(
         "%s from %s: %d train / %d eval images of %s, %d classes",

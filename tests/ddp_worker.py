@@ -66,7 +66,7 @@ def pruned(out_dir: str) -> None:
     model = tiny_bert(num_labels=3)
     rows = []
     model.register_forward_hook(lambda m, a, kw, out: rows.append(kw["input_ids"][:, :3].tolist()), with_kwargs=True)
-    args = worker_args(out_dir, pruning="margin", num_train_epochs=4, pruning_anneal=0.25, logging_steps=4)
+    args = worker_args(out_dir, pruning="margin", num_train_epochs=4, pruning_anneal=0.25)
     trainer = MarginTrainer(model=model, args=args, train_dataset=TinyTextDataset(n=96, num_labels=3))
     trainer.train()
     result = {

@@ -126,8 +126,16 @@ def test_every_benchmark_variant_parses_into_the_flags_its_name_promises(tmp_pat
     from tasks.image import parse_args
 
     setting = registry.SETTINGS["cifar10_cpu"]
-    variants = {kind: registry.variants_of(kind, setting, [2, 4, 10]) for kind in registry.KINDS}
+    variants = {kind: registry.variants_of(kind, setting, [2, 4, 10]) for kind in registry.KINDS if kind != "prune"}
     variants = {name: flags for per_kind in variants.values() for name, flags in per_kind.items()}
+    pruning = registry.SETTINGS["fmnist_prune"]  # pruning plans whole passes: settings in epochs, not steps
+    pruned = {
+        name: parse_args([*pruning.argv, *extra, "--output_dir", str(tmp_path)])[1]
+        for name, extra in registry.variants_of("prune", pruning).items()
+    }
+    assert (pruned["prune_margin"].pruning, pruned["prune_margin"].pruning_ratio) == ("margin", 0.75)
+    assert pruned["prune_random"].pruning == "random" and pruned["baseline"].pruning == "none"
+    assert 0 < pruned["baseline_short"].num_train_epochs < pruned["baseline"].num_train_epochs == 20
     parsed = {
         name: parse_args([*setting.argv, *extra, "--output_dir", str(tmp_path)])[1] for name, extra in variants.items()
     }
