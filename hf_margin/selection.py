@@ -390,6 +390,14 @@ class PrunedEpochSampler(Sampler[tuple[int, float]]):
     def pass_is_pruned(self, index: int) -> bool:
         return index < len(self.schedule.pruned) and self.schedule.pruned[index]
 
+    def _pass_at(self, position: int) -> tuple[int, int]:
+        """The pass that holds stream position `position`, and the position where that pass starts."""
+        index, start = 0, 0
+        while start + self.pass_length(index) <= position:
+            start += self.pass_length(index)
+            index += 1
+        return index, start
+
     def _planned(self, index: int) -> CachedPass:
         if self._plan is None or self._plan[0] != index:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + index)
@@ -413,10 +421,7 @@ class PrunedEpochSampler(Sampler[tuple[int, float]]):
 
     def __iter__(self) -> Iterator[tuple[int, float]]:
         position, end = self.epoch * self.schedule.per_epoch, (self.epoch + 1) * self.schedule.per_epoch
-        index, start = 0, 0  # the pass holding `position`, and where it starts in the stream
-        while start + self.pass_length(index) <= position:
-            start += self.pass_length(index)
-            index += 1
+        index, start = self._pass_at(position)
         while position < end:
             plan, offset = self._planned(index), position - start
             take = min(self.pass_length(index) - offset, end - position)
@@ -424,19 +429,15 @@ class PrunedEpochSampler(Sampler[tuple[int, float]]):
             for i, w, easy in zip(*(t[offset : offset + take].tolist() for t in plan)):
                 self.draws += 1
                 self.easy_draws += easy
-                self.position = position + 1
                 position += 1
+                self.position = position
                 yield i, w
-            position = self.position
             if position - start == self.pass_length(index):
                 start, index = position, index + 1
 
     def equivalent_full_draws(self, position: int) -> float:
         """Draws an unpruned run makes to get as far through the passes as `position` draws of this stream."""
-        index, start = 0, 0
-        while start + self.pass_length(index) <= position:
-            start += self.pass_length(index)
-            index += 1
+        index, start = self._pass_at(position)
         return index * len(self.cache) + (position - start) * len(self.cache) / self.pass_length(index)
 
     def pop_counts(self) -> tuple[int, int]:

@@ -264,7 +264,7 @@ class MarginTrainer(Trainer):
                 loss = loss + self.mmr.loss_term(tap.penalty, alpha, labels, num_items_in_batch, scaled).to(loss.dtype)
                 self.margin_metrics.add("mmr_penalty", tap.penalty)
                 self.margin_metrics.add("mmr_alpha", alpha)
-            tap.features = tap.penalty = None  # release the graph
+            tap.features = tap.logits = tap.penalty = None  # release the graph
         return (loss, outputs) if return_outputs else loss
 
     def logs_after_this_step(self) -> bool:
