@@ -11,7 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hf_margin import MarginTrainer, MarginTrainingArguments, minimal_margin_scores, score_dataset  # noqa: E402
-from tests.conftest import TinyTextDataset, tiny_bert  # noqa: E402
+from tests.conftest import TinyTextDataset, shut_down_process_group, tiny_bert  # noqa: E402
 
 
 def worker_args(out_dir: str, **overrides) -> MarginTrainingArguments:
@@ -102,3 +102,4 @@ def rank(out_dir: str) -> None:
 
 if __name__ == "__main__":
     main(*sys.argv[1:])
+    shut_down_process_group()

@@ -24,7 +24,7 @@ from transformers import Trainer, TrainingArguments  # noqa: E402
 # Lets accelerate put FSDP / DeepSpeed on CPU processes; must run before any TrainingArguments is built.
 import tests.accelerate_cpu_sharding  # noqa: E402, F401
 from hf_margin import MarginTrainer, MarginTrainingArguments  # noqa: E402
-from tests.conftest import TinyTextDataset, tiny_bert  # noqa: E402
+from tests.conftest import TinyTextDataset, shut_down_process_group, tiny_bert  # noqa: E402
 
 NUM_LABELS = 4  # >= 3: with 2 classes the MMS ranking does not depend on the weight
 POOL_DATA, CACHED_DATA = 48, 32  # pool runs: 3 steps of 2 x 8 per epoch; cached runs: 4 steps of 2 x 4
@@ -209,3 +209,4 @@ def main(out_dir: str, engine: str, *names: str) -> None:
 
 if __name__ == "__main__":
     main(*sys.argv[1:])
+    shut_down_process_group()
