@@ -29,7 +29,7 @@ test: $(STAMP)
 	$(OFFLINE) $(BIN)/python tests/upstream/check.py
 
 # The CPU benchmark suite, then BENCHMARKS.md: every line of SUITE in tasks/bench/registry.py, in order (about
-# eleven hours on 2 cores; resumable: a finished run is never run again). `python -m tasks.bench suite --list`
+# thirteen hours on 2 cores; resumable: a finished run is never run again). `python -m tasks.bench suite --list`
 # prints the lines; raw results go to results/.
 bench: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m tasks.bench suite

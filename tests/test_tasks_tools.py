@@ -136,6 +136,15 @@ def test_every_benchmark_variant_parses_into_the_flags_its_name_promises(tmp_pat
     assert (pruned["prune_margin"].pruning, pruned["prune_margin"].pruning_ratio) == ("margin", 0.75)
     assert pruned["prune_random"].pruning == "random" and pruned["baseline"].pruning == "none"
     assert 0 < pruned["baseline_short"].num_train_epochs < pruned["baseline"].num_train_epochs == 20
+    # the harsher level: ratio 0.9, a shorter control, and run only when named
+    assert pruned["prune_loss_keep28"].pruning_ratio == 0.9
+    assert pruned["baseline_short_keep28"].num_train_epochs < pruned["baseline_short"].num_train_epochs
+    default = registry.select_variants("prune", pruning, None, None)
+    assert "prune_margin" in default and not any(name.endswith("_keep28") for name in default)
+    assert set(registry.select_variants("prune", pruning, None, ["prune_loss_keep28"])) == {
+        "baseline",
+        "prune_loss_keep28",
+    }
     parsed = {
         name: parse_args([*setting.argv, *extra, "--output_dir", str(tmp_path)])[1] for name, extra in variants.items()
     }
