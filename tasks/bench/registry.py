@@ -281,7 +281,7 @@ MMR_VARIANTS = {
 # the first and the annealed passes are full, and 40% cannot bring a 5-pass run under 0.6x the steps.
 PRUNING_LEVELS = {"": (0.2, 0.75), "_keep28": (0.2, 0.9)}
 PRUNING_CRITERIA = ("margin", "mms", "loss", "random")
-ON_REQUEST_SUFFIXES = ("_keep28",)  # variants a grid runs only when --only names them
+ON_REQUEST_SUFFIXES = tuple(suffix for suffix in PRUNING_LEVELS if suffix)  # run only when --only names them
 
 
 def prune_variants(setting: Setting) -> dict[str, list[str]]:
