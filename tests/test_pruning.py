@@ -10,7 +10,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from hf_margin import MarginTrainer, MarginTrainingArguments
-from hf_margin.margin import signed_margin_scores
+from hf_margin.margin import per_sample_losses, signed_margin_scores
 from hf_margin.selection import MarginCache, PrunedEpochSampler, plan_pruned_pass, pruning_schedule
 from tests.conftest import ForwardRecorder, TinyImageDataset, TinyTextDataset, margin_args, tiny_bert, tiny_timm
 
@@ -25,6 +25,23 @@ def test_signed_margin_is_the_distance_to_the_true_class_boundary_and_negative_w
     torch.testing.assert_close(margins[0], torch.tensor(2.0 / math.sqrt(2.0)))  # true 0, runner-up 1
     torch.testing.assert_close(margins[1], torch.tensor(-2.0 / math.sqrt(2.0)))  # true 1 lost to 0: negative
     assert margins[2].isnan()  # ignored label: unknown
+
+
+def test_on_two_classes_signed_margin_and_loss_keep_the_same_hard_samples():
+    # one boundary, one row distance: the signed margin is a decreasing function of the cross-entropy, so on a binary
+    # task the two criteria differ only in which easy samples a pass draws
+    generator = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(60, 2, generator=generator), torch.randint(0, 2, (60,), generator=generator)
+    margins = signed_margin_scores(logits, labels, torch.randn(2, 8, generator=generator))
+    hard = {
+        name: set(plan.indices[~plan.easy].tolist())
+        for name, plan in (
+            ("margin", plan_pruned_pass(margins, 30, 15, "smallest", torch.Generator().manual_seed(1))),
+            ("loss", plan_pruned_pass(per_sample_losses(logits, labels), 30, 15, "largest", torch.Generator())),
+        )
+    }
+    assert hard["margin"] == hard["loss"] and len(hard["margin"]) == 15
+    assert set(margins.argsort()[:15].tolist()) == hard["margin"]
 
 
 def test_the_schedule_prunes_the_middle_passes_and_fits_whole_steps():

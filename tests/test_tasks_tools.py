@@ -17,7 +17,10 @@ from tests.conftest import TinyTextDataset, bench_dirs, tiny_bert
 
 def test_demo_shows_progress_labels_runs_and_plots(tmp_path, capsys):
     records = demo.main(["--output_dir", str(tmp_path / "demo"), "--max_steps", "12"])
-    assert [r["train_steps"] for r in records] == [12, 12, 12]
+    assert [r["train_steps"] for r in records[:3]] == [12, 12, 12]
+    pruned, short = records[3:]  # 3 passes (one pruned): fewer steps than the 3 x 23 of an unpruned run
+    assert (pruned["pruning"], short["pruning"]) == ("margin", "none")
+    assert short["train_steps"] == pruned["train_steps"] < 69
     assert records[1]["selection"] == "mms" and 0 < records[1]["selection_time_share"] < 1
     assert records[2]["selection"] == "none" and records[2]["mmr_alpha_end"] == pytest.approx(1e-3)
     out = capsys.readouterr().out
@@ -27,9 +30,10 @@ def test_demo_shows_progress_labels_runs_and_plots(tmp_path, capsys):
         assert sum(line.startswith(f"  {label} ") for line in out.splitlines()) == 12
     assert "stock: eval_accuracy=" in out and "MMS k=4: eval_accuracy=" in out
     assert "MMR 1e-05->0.001: eval_accuracy=" in out and "selection=none" not in out
+    assert f"pruned: {pruned['train_steps']} optimizer steps for 3 passes, where stock takes 69;" in out
     # the per-run line and the table give the same training seconds
-    table = out[out.index("scoring share") :].splitlines()[1:4]
-    for (label, record), row in zip(zip(("stock", "MMS k=4", "MMR ramp"), records), table):
+    table = out[out.index("scoring share") :].splitlines()[1:6]
+    for (label, record), row in zip(zip(("stock", "MMS k=4", "MMR ramp", "pruned", "short"), records), table):
         seconds = f"{record['train_seconds']:.1f}"
         assert row.startswith(label) and row.split()[-2] == seconds
         assert f"{seconds} s training (evaluation excluded)" in out
@@ -136,11 +140,15 @@ def test_every_benchmark_variant_parses_into_the_flags_its_name_promises(tmp_pat
     assert (pruned["prune_margin"].pruning, pruned["prune_margin"].pruning_ratio) == ("margin", 0.75)
     assert pruned["prune_random"].pruning == "random" and pruned["baseline"].pruning == "none"
     assert 0 < pruned["baseline_short"].num_train_epochs < pruned["baseline"].num_train_epochs == 20
-    # the harsher level: ratio 0.9, a shorter control, and run only when named
-    assert pruned["prune_loss_keep28"].pruning_ratio == 0.9
-    assert pruned["baseline_short_keep28"].num_train_epochs < pruned["baseline_short"].num_train_epochs
+    # the harsher and the gentler level: their ratios, controls on either side, and run only when named
+    assert pruned["prune_loss_keep28"].pruning_ratio == 0.9 and pruned["prune_margin_keep50"].pruning_ratio == 0.625
+    short = {suffix: pruned[f"baseline_short{suffix}"].num_train_epochs for suffix in ("_keep28", "", "_keep50")}
+    assert short["_keep28"] < short[""] < short["_keep50"] < 20
     default = registry.select_variants("prune", pruning, None, None)
-    assert "prune_margin" in default and not any(name.endswith("_keep28") for name in default)
+    assert "prune_margin" in default and not any(name.endswith(("_keep28", "_keep50")) for name in default)
+    unweighted = pruned["prune_loss_unweighted"]
+    assert unweighted.pruning_rescale is False and pruned["prune_loss"].pruning_rescale is True
+    assert (unweighted.pruning_ratio, "prune_loss_unweighted" in default) == (0.75, False)
     assert set(registry.select_variants("prune", pruning, None, ["prune_loss_keep28"])) == {
         "baseline",
         "prune_loss_keep28",
