@@ -86,15 +86,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     plan = [(label, folder, [*flags, *steps]) for label, (folder, flags) in RUNS.items()]
     plan.append((PRUNED[0], PRUNED[1], [*PRUNED[2], "--num_train_epochs", str(passes)]))
     records, run_dirs = [], []
-    start = time.perf_counter()
-    for i, (label, folder, flags) in enumerate([*plan, (*SHORT, [])], 1):
-        if label == SHORT[0]:
-            flags = ["--max_steps", str(records[-1][1]["train_steps"])]  # the pruned run's
+
+    def train(label: str, folder: str, flags: list[str]) -> None:
         out = args.output_dir / folder
-        print(f"\n[{i}/{len(plan) + 1}] {label} ({' '.join(flags)}) -> {out}", flush=True)
-        record = train_image([*common, *flags, "--output_dir", str(out)], progress=EvalLines(label))
-        records.append((label, record))
+        print(f"\n[{len(records) + 1}/{len(plan) + 1}] {label} ({' '.join(flags)}) -> {out}", flush=True)
+        records.append((label, train_image([*common, *flags, "--output_dir", str(out)], progress=EvalLines(label))))
         run_dirs.append(out)
+
+    start = time.perf_counter()
+    for label, folder, flags in plan:
+        train(label, folder, flags)
+    train(*SHORT, ["--max_steps", str(records[-1][1]["train_steps"])])  # as many steps as the pruned run took
 
     # "train s" is each record's train_seconds (training wall time, evaluation excluded), as in the lines above
     print(f"\n{'run':<10} {'eval accuracy':>13} {'steps':>6} {'train s':>8} {'scoring share':>14}")

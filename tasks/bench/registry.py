@@ -448,7 +448,7 @@ SUITE: list[GridLine] = [
     GridLine("prune", "fmnist_prune_long", (0, 1, 2), (), PRUNE_CONTROLS),
     GridLine("prune", "cifar10_prune", (0, 1, 2), (), PRUNE_CONTROLS),
     # the gentler level, with the baseline timed again beside it (timings drift from one session to the next)
-    GridLine("prune", "fmnist_prune_long", (0, 1, 2), (), KEEP50, "keep50", runs_dir="runs/bench_keep50"),
+    GridLine("prune", "fmnist_prune_long", (0, 1, 2, 3, 4, 5), (), KEEP50, "keep50", runs_dir="runs/bench_keep50"),
     GridLine("prune", "sst2_prune_long", (0, 1, 2), (), PRUNE_CONTROLS),
     # does up-weighting the few kept easy samples hurt where the model is far from fitting its data?
     GridLine("prune", "cifar10_prune", (0, 1, 2), (), UNWEIGHTED_RUNS, "unweighted"),
