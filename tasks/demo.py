@@ -19,7 +19,9 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from tasks.bench.registry import PRUNING_LEVELS
 from tasks.image import main as train_image
+from tasks.image_data import load_digits_split
 from tasks.plot import load_run, plot_runs
 
 # run label -> (its output folder under --output_dir, its flags)
@@ -28,10 +30,10 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "MMS k=4": ("mms", ["--selection", "mms", "--selection_oversample", "4"]),
     "MMR ramp": ("mmr", ["--mmr_alpha", "1e-5", "--mmr_alpha_end", "1e-3"]),  # alpha 1e-5 -> 1e-3 over the run
 }
-# epoch pruning at the benchmarks' level: a pruned pass keeps the hardest 20% and a quarter of the rest
-PRUNED = ("pruned", "pruned", ["--pruning", "margin", "--pruning_hard_fraction", "0.2", "--pruning_ratio", "0.75"])
-SHORT = ("short", "short")  # stock training for as many steps as the pruned run took
-DIGITS_TRAIN, BATCH = 1437, 64  # scikit-learn digits' training split (the recipe's), and the demo's batch
+# epoch pruning at the benchmarks' default level: a pruned pass keeps the hardest 20% and a quarter of the rest
+HARD, RATIO = PRUNING_LEVELS[""]
+PRUNED = ["--pruning", "margin", "--pruning_hard_fraction", str(HARD), "--pruning_ratio", str(RATIO)]
+BATCH = 64
 
 
 class EvalLines(TrainerCallback):
@@ -81,10 +83,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--seed", str(args.seed),
     ]  # fmt: skip
     # pruning plans whole passes: as many as the step-based runs make (at least 3, so that one pass is pruned)
-    passes = max(round(args.max_steps * BATCH / DIGITS_TRAIN), 3)
+    train_size = len(load_digits_split("train")[1])
+    passes = max(round(args.max_steps * BATCH / train_size), 3)
     steps = ["--max_steps", str(args.max_steps)]
     plan = [(label, folder, [*flags, *steps]) for label, (folder, flags) in RUNS.items()]
-    plan.append((PRUNED[0], PRUNED[1], [*PRUNED[2], "--num_train_epochs", str(passes)]))
+    plan.append(("pruned", "pruned", [*PRUNED, "--num_train_epochs", str(passes)]))
     records, run_dirs = [], []
 
     def train(label: str, folder: str, flags: list[str]) -> None:
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     start = time.perf_counter()
     for label, folder, flags in plan:
         train(label, folder, flags)
-    train(*SHORT, ["--max_steps", str(records[-1][1]["train_steps"])])  # as many steps as the pruned run took
+    train("short", "short", ["--max_steps", str(records[-1][1]["train_steps"])])  # stock, the pruned run's steps
 
     # "train s" is each record's train_seconds (training wall time, evaluation excluded), as in the lines above
     print(f"\n{'run':<10} {'eval accuracy':>13} {'steps':>6} {'train s':>8} {'scoring share':>14}")
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     pruned, short = records[-2][1], records[-1][1]
     print(
         f"\npruned: {pruned['train_steps']} optimizer steps for {passes} passes, where stock takes "
-        f"{passes * math.ceil(DIGITS_TRAIN / BATCH)}; stock for the same {short['train_steps']} steps ends at "
+        f"{passes * math.ceil(train_size / BATCH)}; stock for the same {short['train_steps']} steps ends at "
         f"{short['eval_accuracy']:.4f}, pruned at {pruned['eval_accuracy']:.4f}"
     )
     png = plot_runs([load_run(d) for d in run_dirs], args.output_dir / "demo.png", title="digits, CIFAR ResNet-20")

@@ -293,6 +293,7 @@ PRUNING_LEVELS = {"": (0.2, 0.75), "_keep28": (0.2, 0.9), "_keep50": (0.2, 0.625
 PRUNING_CRITERIA = ("margin", "mms", "loss", "random")
 # also on request: the scored criteria at the default level with the kept easy samples at weight 1, not up-weighted
 UNWEIGHTED = "_unweighted"
+UNWEIGHTED_RUNS = ("prune_margin_unweighted", "prune_loss_unweighted")
 ON_REQUEST_SUFFIXES = (*(suffix for suffix in PRUNING_LEVELS if suffix), UNWEIGHTED)  # run only when --only names them
 
 
@@ -306,11 +307,10 @@ def prune_variants(setting: Setting) -> dict[str, list[str]]:
     for suffix, (hard, ratio) in PRUNING_LEVELS.items():
         level = ["--pruning_hard_fraction", str(hard), "--pruning_ratio", str(ratio)]
         variants.update({f"prune_{c}{suffix}": ["--pruning", c, *level] for c in PRUNING_CRITERIA})
-        if not suffix:
-            unweighted = [*level, "--pruning_rescale", "false"]
-            variants.update({f"prune_{c}{UNWEIGHTED}": ["--pruning", c, *unweighted] for c in ("margin", "loss")})
         share = pruning_schedule(samples, passes, hard, ratio, 0.125, batch).per_epoch / samples  # of unpruned draws
         variants[f"baseline_short{suffix}"] = ["--num_train_epochs", f"{passes * share:.4f}"]
+    for name in UNWEIGHTED_RUNS:  # the default level's runs, their kept easy samples at weight 1
+        variants[name] = [*variants[name.removesuffix(UNWEIGHTED)], "--pruning_rescale", "false"]
     return variants
 
 
@@ -404,7 +404,6 @@ _CHUNKED = "_bf16_chunk32"
 PRUNE_CONTROLS = ("prune_margin", "prune_loss", "prune_random", "baseline_short")  # the long grids skip prune_mms
 KEEP28 = tuple(f"{name}_keep28" for name in PRUNE_CONTROLS)
 KEEP50 = tuple(f"{name}_keep50" for name in PRUNE_CONTROLS)
-UNWEIGHTED_RUNS = ("prune_margin_unweighted", "prune_loss_unweighted")
 SUITE: list[GridLine] = [
     GridLine("overhead"),
     GridLine("scoring"),
