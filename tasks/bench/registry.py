@@ -41,6 +41,19 @@ def _glue(task: str, flags: str, quick: str, note: str, metric: str = "eval_accu
     return Setting("glue", argv, metric=metric, quick_argv=shlex.split(quick), note=note)
 
 
+def _sst2_prune(passes: int, eval_steps: int) -> Setting:
+    """The epoch-pruning text recipe (pretrained MiniLM on a 1,200-sentence SST-2 subset) for `passes` passes."""
+    samples, batch = 1200, 32
+    return _glue(
+        "sst2",
+        f"--max_train_samples {samples} --per_device_train_batch_size {batch} --max_seq_length 64 "
+        f"--num_train_epochs {passes} --eval_steps {eval_steps} --learning_rate 5e-5 --warmup_steps 0.06",
+        "--max_train_samples 256 --max_eval_samples 64 --num_train_epochs 2 --eval_steps 4",
+        "GLUE SST-2, 1,200-sentence train subset, full dev (872); pretrained all-MiniLM-L6-v2, batch 32, seq 64, "
+        f"AdamW 5e-5, 6% warm-up, linear decay, {passes} passes ({-(-samples // batch) * passes} steps unpruned).",
+    )
+
+
 _SGD = "--optim sgd --optim_args momentum=0.9 --weight_decay 1e-4"
 # the trained-to-a-plateau recipe on a 10k-image subset (fmnist_long, cifar10_cpu); the settings add --max_steps
 _SUBSET_10K = (
@@ -174,33 +187,11 @@ SETTINGS: dict[str, Setting] = {
     ),
     # Epoch pruning, text: the usual fine-tuning recipe (AdamW, warm-up, linear decay) on a 1,200-sentence SST-2
     # subset for 5 passes
-    "sst2_prune": _glue(
-        "sst2",
-        "--max_train_samples 1200 --per_device_train_batch_size 32 --max_seq_length 64 --num_train_epochs 5 "
-        "--eval_steps 19 --learning_rate 5e-5 --warmup_steps 0.06",
-        "--max_train_samples 256 --max_eval_samples 64 --num_train_epochs 2 --eval_steps 4",
-        "GLUE SST-2, 1,200-sentence train subset, full dev (872); pretrained all-MiniLM-L6-v2, batch 32, seq 64, "
-        "AdamW 5e-5, 6% warm-up, linear decay, 5 passes (190 steps unpruned).",
-    ),
-    # Epoch pruning, text, trained past the plateau (sst2_prune's baseline is level from its third pass): 8 passes
-    "sst2_prune_long": _glue(
-        "sst2",
-        "--max_train_samples 1200 --per_device_train_batch_size 32 --max_seq_length 64 --num_train_epochs 8 "
-        "--eval_steps 19 --learning_rate 5e-5 --warmup_steps 0.06",
-        "--max_train_samples 256 --max_eval_samples 64 --num_train_epochs 2 --eval_steps 4",
-        "GLUE SST-2, 1,200-sentence train subset, full dev (872); pretrained all-MiniLM-L6-v2, batch 32, seq 64, "
-        "AdamW 5e-5, 6% warm-up, linear decay, 8 passes (304 steps unpruned).",
-    ),
-    # Epoch pruning, text, trained long past the plateau: sst2_prune_long's baseline still gains in its last passes,
-    # so the same recipe for 16 passes, evaluated once a pass
-    "sst2_prune_16ep": _glue(
-        "sst2",
-        "--max_train_samples 1200 --per_device_train_batch_size 32 --max_seq_length 64 --num_train_epochs 16 "
-        "--eval_steps 38 --learning_rate 5e-5 --warmup_steps 0.06",
-        "--max_train_samples 256 --max_eval_samples 64 --num_train_epochs 2 --eval_steps 4",
-        "GLUE SST-2, 1,200-sentence train subset, full dev (872); pretrained all-MiniLM-L6-v2, batch 32, seq 64, "
-        "AdamW 5e-5, 6% warm-up, linear decay, 16 passes (608 steps unpruned).",
-    ),
+    "sst2_prune": _sst2_prune(5, eval_steps=19),
+    # trained past the plateau (sst2_prune's baseline is level from its third pass): 8 passes
+    "sst2_prune_long": _sst2_prune(8, eval_steps=19),
+    # trained long past the plateau: sst2_prune_long's baseline still gains in its last passes; evaluated once a pass
+    "sst2_prune_16ep": _sst2_prune(16, eval_steps=38),
 }
 
 
