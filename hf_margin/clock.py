@@ -7,12 +7,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
+
 
 class TrainClock:
     """
     Wall seconds of training from the first batch drawn, evaluation excluded, continuing the count of a resumed run
     (`offset`); and the same span in CPU seconds of this process (all its threads), which a busy, shared machine
-    disturbs less than wall time.
+    disturbs less than wall time. Read at log time, after the Trainer has waited for the device to report the loss.
     """
 
     def __init__(self, offset: float = 0.0, cpu_offset: float = 0.0):
@@ -56,31 +58,61 @@ class Stopwatch:
     """
     Seconds spent on named kinds of work (`"scoring"`, `"loading"`), over the whole run and since the last
     `window()` call: one total and one window per kind, added together.
+
+    Work queued on a CUDA device (`timing(kind, device=...)`) is timed with CUDA events: the host does not wait for
+    the device in the step, and the events are read when the totals are (at log time, after the Trainer has waited
+    for the loss), so the figures are the device's time, not the time taken to launch the kernels. Other work (and
+    everything on the CPU, where work is done when it returns) is timed with `time.perf_counter`.
     """
 
     def __init__(self, totals: dict[str, float] | None = None):
         self.totals: dict[str, float] = dict(totals or {})
         self._window: dict[str, float] = {}
+        self._pending: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
 
     @contextmanager
-    def timing(self, kind: str) -> Iterator[None]:
-        start = time.perf_counter()
+    def timing(self, kind: str, device: torch.device | None = None) -> Iterator[None]:
+        if device is not None and device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            try:
+                yield
+            finally:
+                end.record()
+                self._pending.append((kind, start, end))
+            return
+        began = time.perf_counter()
         try:
             yield
         finally:
-            self.add(kind, time.perf_counter() - start)
+            self.add(kind, time.perf_counter() - began)
 
     def add(self, kind: str, seconds: float) -> None:
         self.totals[kind] = self.totals.get(kind, 0.0) + seconds
         self._window[kind] = self._window.get(kind, 0.0) + seconds
 
+    def _collect(self) -> None:
+        """Add the device-timed work queued so far (waits for the last of it: call at log time only)."""
+        if not self._pending:
+            return
+        self._pending[-1][2].synchronize()
+        pending, self._pending = self._pending, []
+        for kind, start, end in pending:
+            self.add(kind, start.elapsed_time(end) / 1000.0)
+
     def total(self, kind: str) -> float:
+        self._collect()
         return self.totals.get(kind, 0.0)
 
     def window(self) -> dict[str, float]:
         """The seconds per kind since the last call, then a new window."""
+        self._collect()
         window, self._window = self._window, {}
         return window
+
+    def state_dict(self) -> dict[str, float]:
+        self._collect()
+        return dict(self.totals)
 
 
 def break_even(scoring: float, loading: float, seconds: float, oversample: float) -> tuple[float, float, float]:

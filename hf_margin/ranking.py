@@ -8,15 +8,10 @@ and ranks the samples, most informative first. `select_for_labelling` returns th
 Labels are never read: every label key is removed from the samples before the dataloader sees them, so a
 labelled dataset gets exactly the scores of its unlabeled copy.
 
-Criteria (`RANKING_CRITERIA`), each label-free:
-
-| criterion | score | first |
-| --- | --- | --- |
-| `mms` | minimal margin score `(s_1 - s_2) / \\|w_1 - w_2\\|` (`margin.minimal_margin_scores`) | smallest |
-| `breaking_ties` | probability margin `p_1 - p_2` (`margin.breaking_ties_scores`) | smallest |
-| `least_confidence` | `1 - p_1` (`margin.least_confidence_scores`) | largest |
-| `entropy` | softmax entropy (`margin.entropy_scores`) | largest |
-| `random` | uniform noise from a seeded generator (the control); no forward pass | smallest |
+Criteria (`RANKING_CRITERIA`): every label-free criterion of `hf_margin.criteria`, ranked from its hard end:
+`mms` (smallest minimal margin score first), `breaking_ties` (smallest `p_1 - p_2`), `least_confidence` (largest
+`1 - p_1`), `entropy` (largest softmax entropy), and `random` (uniform noise from a seeded generator, the control; no
+forward pass).
 
 With two classes the four model-based criteria are monotone in the logit gap `s_1 - s_2`, so they rank
 alike; they differ with three or more classes.
@@ -24,7 +19,7 @@ alike; they differ with three or more classes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -36,14 +31,13 @@ from transformers import Trainer
 from transformers.utils import logging
 
 from .batch import LABEL_KEYS
+from .criteria import CriterionChoices, get_criterion
 from .heads import HeadTap, find_classifier
-from .margin import breaking_ties_scores, entropy_scores, least_confidence_scores, minimal_margin_scores
 
 logger = logging.get_logger(__name__)
 
-RANKING_CRITERIA = ("mms", "breaking_ties", "least_confidence", "entropy", "random")
-# Criteria whose largest score comes first; the others rank the smallest first.
-_LARGEST_FIRST = frozenset({"least_confidence", "entropy"})
+# The label-free criteria of `hf_margin.criteria`, read from its table when asked.
+RANKING_CRITERIA = CriterionChoices("ranking")
 
 
 @dataclass(frozen=True)
@@ -99,19 +93,19 @@ def score_dataset(
         `ValueError` for an unknown criterion, an empty or length-less dataset, a regression model, a model
         without a linear head when `mms` is asked, or logits that are not `[N, C >= 2]`.
     """
-    if criterion not in RANKING_CRITERIA:
-        raise ValueError(f"criterion={criterion!r} is not a ranking criterion; choose one of {RANKING_CRITERIA}.")
+    _check_criterion(criterion)
     size = _pool_size(dataset)
-    if criterion == "random":
+    ranking = get_criterion(criterion)
+    if ranking.score is None:
         generator = torch.Generator().manual_seed(trainer.args.seed if seed is None else seed)
         return _rank(torch.rand(size, generator=generator), criterion)
 
     model = trainer.model
     _check_classifier(model)
-    # MMS reads the head's weight inside its forward, where FSDP / ZeRO-3 hold it whole (LoRA update included)
+    # the head's weight is read inside its forward, where FSDP / ZeRO-3 hold it whole (LoRA update included)
     tap = (
         HeadTap(find_classifier(model, getattr(trainer.args, "classifier_name", None))[1])
-        if criterion == "mms"
+        if ranking.needs_head
         else None
     )
     try:
@@ -124,13 +118,14 @@ def score_dataset(
         raise ValueError(
             f"ranking needs logits of shape [N, C >= 2] = [{size}, C]; the model gave {list(logits.shape)}."
         )
-    if criterion == "mms":
+    weight = None
+    if tap is not None:
         if tap.weight is None:
-            raise ValueError("mms: the last linear layer was not called in the forward, so its weight is unknown.")
-        scores = minimal_margin_scores(logits, tap.weight.float().cpu())
-    else:
-        scores = _PROBABILITY_SCORES[criterion](logits)
-    return _rank(scores, criterion)
+            raise ValueError(
+                f"{criterion}: the last linear layer was not called in the forward, so its weight is unknown."
+            )
+        weight = tap.weight.float().cpu()
+    return _rank(ranking.scores(logits, weight=weight), criterion)
 
 
 def select_for_labelling(
@@ -153,22 +148,23 @@ def select_for_labelling(
     Returns:
         `torch.LongTensor` of shape `[n]`: indices into `dataset`, most informative first.
     """
-    if criterion not in RANKING_CRITERIA:
-        raise ValueError(f"criterion={criterion!r} is not a ranking criterion; choose one of {RANKING_CRITERIA}.")
+    _check_criterion(criterion)
     _check_count(n, _pool_size(dataset))
     return score_dataset(trainer, dataset, criterion=criterion, seed=seed).top(n)
 
 
-_PROBABILITY_SCORES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "breaking_ties": breaking_ties_scores,
-    "least_confidence": least_confidence_scores,
-    "entropy": entropy_scores,
-}
+def _check_criterion(criterion: str) -> None:
+    if criterion not in RANKING_CRITERIA:
+        raise ValueError(
+            f"criterion={criterion!r} is not a ranking criterion (a label-free one); choose one of "
+            f"{list(RANKING_CRITERIA)}."
+        )
 
 
 def _rank(scores: torch.Tensor, criterion: str) -> RankedScores:
     # A stable sort: equal scores keep dataset order, so a ranking is reproducible.
-    indices = torch.sort(scores, descending=criterion in _LARGEST_FIRST, stable=True).indices
+    largest_first = get_criterion(criterion).hardest == "largest"
+    indices = torch.sort(scores, descending=largest_first, stable=True).indices
     return RankedScores(indices=indices, scores=scores, criterion=criterion)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .selection import linear_ramp
+from .selection.common import linear_ramp
 
 
 class MultiMarginRegularizer:

@@ -55,8 +55,8 @@ def cached(out_dir: str) -> None:
     result = {
         "rank": args.process_index,
         "global_step": trainer.state.global_step,
-        "margins": trainer.strategy.cache.margins.tolist(),
-        "updated_step": trainer.strategy.cache.updated_step.tolist(),
+        "margins": trainer.strategy.keeper.cache.margins.tolist(),
+        "updated_step": trainer.strategy.keeper.cache.updated_step.tolist(),
     }
     Path(out_dir, f"rank{args.process_index}.json").write_text(json.dumps(result))
 
@@ -73,9 +73,8 @@ def pruned(out_dir: str) -> None:
         "rank": args.process_index,
         "global_step": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
-        "lengths": trainer.strategy.schedule.lengths,
-        "per_epoch": trainer.strategy.schedule.per_epoch,
-        "margins": trainer.strategy.cache.margins.tolist(),
+        "lengths": [trainer.strategy.sampler.lengths[p] for p in range(4)],
+        "margins": trainer.strategy.keeper.cache.margins.tolist(),
         "rows": rows,
     }
     Path(out_dir, f"rank{args.process_index}.json").write_text(json.dumps(result))

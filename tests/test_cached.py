@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from hf_margin import MarginTrainer, minimal_margin_scores
 from hf_margin.margin import weighted_cross_entropy
 from hf_margin.selection import CachedMarginSampler, MarginCache, plan_cached_pass
-from hf_margin.strategies.cached import INDEX_KEY, WEIGHT_KEY
+from hf_margin.strategies.tagged import INDEX_KEY, WEIGHT_KEY
 from tests.conftest import ForwardRecorder, TinyImageDataset, TinyTextDataset, margin_args, tiny_bert, tiny_timm
 
 # ---- the pure parts ----
@@ -157,8 +157,8 @@ def test_cached_selection_scores_with_the_training_forward_only(tmp_path):
             last_mms[index] = mms
     assert sorted(per_epoch[0]) == list(range(64))  # the first epoch trains on (and so scores) every sample once
     assert len(set(per_epoch[1])) < 64  # later epochs repeat hard samples and skip some easy ones
-    cached = trainer.strategy.cache.margins
-    assert trainer.strategy.cache.known_share() == 1.0
+    cached = trainer.strategy.keeper.cache.margins
+    assert trainer.strategy.keeper.cache.known_share() == 1.0
     torch.testing.assert_close(cached, torch.tensor([last_mms[i] for i in range(64)]), rtol=1e-5, atol=1e-6)
     logs = [h for h in trainer.state.log_history if "loss" in h]
     # counted as drawn: the loader draws one batch ahead, so the log of step 8 may count the second epoch's first
@@ -183,8 +183,8 @@ def test_cached_loss_is_the_weighted_cross_entropy_and_updates_the_cache(tmp_pat
     logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     torch.testing.assert_close(loss, weighted_cross_entropy(logits, batch["labels"], batch[WEIGHT_KEY]))
     mms = minimal_margin_scores(logits, trainer.model.classifier.weight)
-    torch.testing.assert_close(trainer.strategy.cache.margins[[7, 3, 9, 1]], mms)
-    assert trainer.strategy.cache.margins.isnan().sum() == 28
+    torch.testing.assert_close(trainer.strategy.keeper.cache.margins[[7, 3, 9, 1]], mms)
+    assert trainer.strategy.keeper.cache.margins.isnan().sum() == 28
 
 
 def test_cached_selection_with_everything_kept_trains_on_each_sample_once_per_epoch(tmp_path):
@@ -205,7 +205,7 @@ def test_cached_selection_drives_a_timm_model_with_gradient_accumulation(tmp_pat
     trainer = MarginTrainer(model=tiny_timm(), args=args, train_dataset=data)
     before = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.train()
-    assert trainer.state.global_step == 6 and trainer.strategy.cache.known_share() == 1.0
+    assert trainer.state.global_step == 6 and trainer.strategy.keeper.cache.known_share() == 1.0
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
 
 
@@ -220,12 +220,12 @@ def test_the_margin_cache_is_saved_with_checkpoints_and_restored_on_resume(tmp_p
     resumed = MarginTrainer(model=tiny_bert(), args=args, train_dataset=data)
     resumed.train(resume_from_checkpoint=checkpoint)
     assert resumed.state.global_step == 12
-    known_before = ~first.strategy.cache.margins.isnan()
-    assert known_before.sum() == 64  # 8 steps of 8 covered the first epoch
-    assert (resumed.strategy.cache.updated_step >= 0).all() and (resumed.strategy.cache.updated_step <= 11).all()
-    untouched = resumed.strategy.cache.updated_step < 10  # not trained since the resume: as saved
+    before, after = first.strategy.keeper.cache, resumed.strategy.keeper.cache
+    assert (~before.margins.isnan()).sum() == 64  # 8 steps of 8 covered the first epoch
+    assert (after.updated_step >= 0).all() and (after.updated_step <= 11).all()
+    untouched = after.updated_step < 10  # not trained since the resume: as saved
     assert untouched.any()
-    torch.testing.assert_close(resumed.strategy.cache.margins[untouched], first.strategy.cache.margins[untouched])
+    torch.testing.assert_close(after.margins[untouched], before.margins[untouched])
 
 
 def test_cached_selection_bad_input(tmp_path):

@@ -57,10 +57,11 @@ def test_two_process_cached_selection_shares_one_cache(tmp_path):
 def test_two_process_pruning_plans_the_same_passes(tmp_path):
     ranks = _torchrun(tmp_path, "pruning")
     assert ranks[0]["margins"] == ranks[1]["margins"]  # the same scores, so the same plans
-    lengths, per_epoch = ranks[0]["lengths"], ranks[0]["per_epoch"]
-    assert lengths[0] == lengths[-1] == 96 and all(n < 96 for n in lengths[1:-1])
+    lengths = ranks[0]["lengths"]
+    assert lengths[0] == lengths[-1] == 96 and all(n < 96 and n % 8 == 0 for n in lengths[1:-1])
     for result in ranks:
-        assert result["global_step"] == result["max_steps"] == 4 * per_epoch // 8  # batch 4 x 2 processes
+        assert result["lengths"] == lengths  # the same plans on every process
+        assert result["global_step"] == result["max_steps"] == sum(lengths) // 8  # batch 4 x 2 processes
     first_pass = [tuple(r) for rank in ranks for batch in rank["rows"][:12] for r in batch]
     assert len(first_pass) == 96 and len(set(first_pass)) == len({tuple(r) for r in first_pass})
     # each step the processes train on different halves of one planned batch

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from ..config import MarginSettings
-from .base import MetricBuffer, SelectionStrategy
+from .base import MetricBuffer, NonFiniteWatch, SelectionStrategy, StrategyHost
 from .cached import CachedSelection
 from .pool import PoolSelection
 from .pruned import PrunedEpochs
+from .tagged import ScoreKeeper
 
 
 def build_strategy(settings: MarginSettings) -> SelectionStrategy:
@@ -20,4 +21,14 @@ def build_strategy(settings: MarginSettings) -> SelectionStrategy:
     return PoolSelection(settings)
 
 
-__all__ = ["CachedSelection", "MetricBuffer", "PoolSelection", "PrunedEpochs", "SelectionStrategy", "build_strategy"]
+__all__ = [
+    "CachedSelection",
+    "MetricBuffer",
+    "NonFiniteWatch",
+    "PoolSelection",
+    "PrunedEpochs",
+    "ScoreKeeper",
+    "SelectionStrategy",
+    "StrategyHost",
+    "build_strategy",
+]

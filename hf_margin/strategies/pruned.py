@@ -1,99 +1,210 @@
-"""Pruned epochs: each pass over the data trains on the hard samples and a weighted share of the easy ones, scored
-on their last training forward, so the run has fewer optimizer steps."""
+"""Pruned epochs: each pass over the data trains on the samples its rule keeps and a weighted share of the others,
+scored on their last training forward, so the run has fewer optimizer steps."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from ..margin import minimal_margin_scores, per_sample_losses, signed_margin_scores
-from ..selection import PrunedEpochSampler, pruning_schedule
-from .cached import CachedSelection
+from ..criteria import get_criterion
+from ..selection import (
+    PassPlan,
+    PrunedEpochSampler,
+    draw_pass,
+    full_pass,
+    keep_probabilities_infobatch,
+    keep_probabilities_learned,
+    pass_is_pruned,
+    plan_pruned_pass,
+    pruning_schedule,
+    steps_of_pass,
+)
+from .base import SelectionStrategy, StockLoss, StrategyHost
+from .tagged import ScoreKeeper
 
-if TYPE_CHECKING:
-    from ..trainer import MarginTrainer
 
-# criterion -> which end of its score is hard (None: no score, a random subset)
-HARDEST = {"margin": "smallest", "mms": "smallest", "loss": "largest", "random": None}
-
-
-class PrunedEpochs(CachedSelection):
+class PrunedEpochs(SelectionStrategy):
     """
-    `pruning` in `margin`, `mms`, `loss`, `random`: the cached-margin machinery (each sample tagged with its index
-    and loss weight, its score kept from its training forward, under DDP gathered by every process, saved in
-    checkpoints) with a sampler that shortens the passes (`selection.pruning_schedule`, `PrunedEpochSampler`).
-    The run's passes are planned before training, so the Trainer's `max_steps`, LR schedule and progress bar are
-    those of the shortened run; a Trainer epoch is the run's draws divided evenly, not one pass.
+    `pruning` = a criterion (`margin`, `mms`, `loss`, `random`, ...) and `pruning_rule` = `fixed`, `learned` or
+    `infobatch`: a `ScoreKeeper` (samples tagged with index and weight, scores kept from the training forward,
+    weighted loss) with a `PrunedEpochSampler`, so one Trainer epoch is one planned pass over the data, planned
+    when it starts from the scores the previous passes left.
+
+    - `fixed`: the pass lengths are known before training, so `max_steps`, the warm-up and the LR decay are those of
+      the shortened run.
+    - `learned` and `infobatch`: a pass's length is known when it starts. `max_steps` starts as the unpruned run's
+      and is brought down to the run's true end as passes are planned (exact from the start of the last pass);
+      the LR schedule follows the progress through the planned passes, so a shortened pass moves it as far as a full
+      pass moves an unpruned run's. Training ends with the last planned pass.
     """
 
     field = "pruning"
+    selects = needs_labels = reads_classes = owns_loss = variable_passes = True
 
     def __init__(self, settings):
         super().__init__(settings)
-        self.name = settings.pruning
-        self.needs_head = self.name in ("margin", "mms")
-        self.schedule = None
+        self.name, self.rule = settings.pruning, settings.pruning_rule
+        self.criterion = get_criterion(self.name)
+        self.needs_head = self.criterion.needs_head
+        self.drives_lr = self.rule != "fixed"
+        self.keeper = ScoreKeeper(self.setting, self.criterion, settings.pruning_threshold)
+        self.sampler: PrunedEpochSampler | None = None
+        self._size = self._passes = self._unit = self._batch_draws = self._accumulation = 0
+        self._lengths: list[int] | None = None  # the fixed rule's pass lengths
+        self._pass = -1  # the pass the last step was in
 
-    def unit(self, trainer: MarginTrainer) -> int:
-        """Draws per optimizer step over all processes."""
-        args = trainer.args
-        return trainer._train_batch_size * args.world_size * args.gradient_accumulation_steps
+    # ---- the run's passes ----
 
-    def train_sampler(self, trainer: MarginTrainer, dataset: Any):
-        s, args = self.settings, trainer.args
-        self.schedule = pruning_schedule(
-            len(self.cache),
-            int(args.num_train_epochs),
-            s.pruning_hard_fraction,
-            s.pruning_ratio,
-            s.pruning_anneal,
-            self.unit(trainer),
-        )
+    def start(self, host: StrategyHost) -> None:
+        super().start(host)
+        self.keeper.reset()
+        self.sampler, self._pass = None, -1
+
+    def check_dataset(self, host: StrategyHost, dataset: Any) -> None:
+        super().check_dataset(host, dataset)
+        self.keeper.check_dataset(host, dataset)
+
+    def train_dataloader(self, host: StrategyHost):
+        args, s = host.args, self.settings
+        cache = self.keeper.new_cache(host)
+        self._size, self._passes = len(cache), int(args.num_train_epochs)
+        self._batch_draws = host.train_batch_size * args.world_size
+        self._accumulation = args.gradient_accumulation_steps
+        self._unit = self._batch_draws * self._accumulation
+        if self.rule == "fixed":
+            schedule = pruning_schedule(
+                self._size, self._passes, s.pruning_hard_fraction, s.pruning_ratio, s.pruning_anneal, self._unit
+            )
+            self._lengths, self._keep_hard = schedule.lengths, schedule.keep_hard
         seed = args.data_seed if args.data_seed is not None else args.seed
-        self.sampler = PrunedEpochSampler(self.cache, self.schedule, HARDEST[self.name], seed, s.pruning_rescale)
-        return self.sampler
+        self.sampler = PrunedEpochSampler(cache, self.plan_pass, seed)
+        return self.keeper.loader(host, self.sampler)
 
-    def draw_batches(self, trainer, epoch_iterator, num_batches, device):
-        return None  # the sampler already chose; `selection_until` does not apply
+    def plan_pass(
+        self, index: int, scores: torch.Tensor, streak: torch.Tensor, generator: torch.Generator
+    ) -> PassPlan:
+        """Pass `index` of the run, from the cache's scores and learned streaks as the previous passes left them."""
+        s = self.settings
+        if not pass_is_pruned(index, self._passes, s.pruning_anneal):
+            return full_pass(self._size, generator)
+        if self.rule == "fixed":
+            keep = self._lengths[index]
+            if self.criterion.score is None:  # a random subset of the same size (RS2), unweighted
+                return draw_pass(torch.full((self._size,), keep / self._size), generator, False, self._unit)
+            hardest = self.criterion.hardest
+            return plan_pruned_pass(scores, keep, self._keep_hard, hardest, generator, s.pruning_rescale, self._unit)
+        if self.rule == "infobatch":
+            probability = keep_probabilities_infobatch(scores, self.criterion.hardest, s.pruning_ratio)
+        else:
+            known = ~scores.isnan()
+            probability = keep_probabilities_learned(
+                streak, known, s.pruning_learned_visits, s.pruning_ratio, s.pruning_max_weight
+            )
+        return draw_pass(probability, generator, s.pruning_rescale, self._unit)
 
-    def sample_scores(self, trainer: MarginTrainer, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
-        if self.name == "margin":
-            return signed_margin_scores(logits, labels, trainer.head_tap.weight)
-        if self.name == "mms":
-            return minimal_margin_scores(logits, trainer.head_tap.weight)
-        if self.name == "loss":
-            return per_sample_losses(logits, labels)
-        return None
+    def _steps(self, length: int) -> int:
+        return steps_of_pass(length, self._batch_draws, self._accumulation)
 
-    def steps_saved(self, trainer: MarginTrainer) -> float:
-        """Optimizer steps an unpruned run takes to get as far through the passes, less the ones taken."""
-        sampler = self.sampler
-        return (sampler.equivalent_full_draws(sampler.position) - sampler.position) / self.unit(trainer)
+    def _pass_lengths(self) -> list[int]:
+        """Draws of every pass known so far: all of them for fixed quotas, the planned ones otherwise."""
+        if self._lengths is not None:
+            return self._lengths
+        lengths = self.sampler.lengths
+        return [lengths[p] for p in range(len(lengths)) if p in lengths]
 
-    def log_metrics(self, trainer: MarginTrainer, window_seconds: float | None) -> dict[str, float]:
+    def planned_max_steps(self, host: StrategyHost, max_steps: int) -> int:
+        if self._lengths is not None:
+            return sum(self._steps(length) for length in self._lengths)
+        return self._passes * self._steps(self._size)  # an upper bound, lowered as passes are planned
+
+    def pass_start_step(self, index: int) -> int:
+        return sum(self._steps(length) for length in self._pass_lengths()[:index])
+
+    def resume_point(self, host: StrategyHost, global_step: int) -> tuple[int, int]:
+        start = 0
+        for index, length in enumerate(self._pass_lengths()):
+            steps = self._steps(length)
+            if global_step < start + steps:
+                return index, global_step - start
+            start += steps
+        return len(self._pass_lengths()), global_step - start
+
+    def draw_batches(self, host, epoch_iterator, num_batches, device):
+        index = self.sampler.epoch
+        if index != self._pass:  # the first step of a pass: it is planned now, if the loader has not yet
+            self._pass = index
+            self.sampler.planned()
+            if self.drives_lr:
+                full, lengths = self._steps(self._size), self._pass_lengths()
+                later = self._passes - len(lengths)  # passes not planned yet: at most full ones
+                host.set_max_steps(sum(self._steps(length) for length in lengths) + later * full)
+        return None  # the sampler already chose
+
+    def virtual_step(self, step: float) -> float:
+        """Where optimizer step `step` of this run stands in an unpruned run's steps: the LR schedule's clock."""
+        full, start = self._steps(self._size), 0
+        for index, length in enumerate(self._pass_lengths()):
+            steps = self._steps(length)
+            if step < start + steps:
+                return full * (index + (step - start) / steps)
+            start += steps
+        return full * len(self._pass_lengths()) + (step - start)
+
+    def after_step(self, host: StrategyHost) -> None:
+        # the Trainer counts an epoch as a full pass's steps; a shortened pass is a whole epoch all the same
+        index = self.sampler.epoch
+        start, steps = self.pass_start_step(index), self._steps(self.sampler.lengths[index])
+        host.state.epoch = index + min((host.state.global_step - start) / steps, 1.0)
+
+    # ---- the training forward ----
+
+    def forward_loss(
+        self, host: StrategyHost, stock_loss: StockLoss, model, inputs: dict[str, Any], num_items_in_batch
+    ):
+        return self.keeper.forward_loss(host, model, inputs, self.stopwatch)
+
+    # ---- logs and checkpoints ----
+
+    def log_metrics(self, host: StrategyHost, window_seconds: float | None) -> dict[str, float]:
         self.stopwatch.window()
-        if self.sampler is None:
+        if self.sampler is None or self.sampler.epoch not in self.sampler.lengths:
             return {}
         draws, easy = self.sampler.pop_counts()
-        index = self.sampler.current_pass
+        index = self.sampler.epoch
+        step = host.state.global_step
         logs = {
             "pruning_pass": index,
-            "pruned_share": round(1 - self.sampler.pass_length(index) / len(self.cache), 4),
-            "pruning_steps_saved": round(self.steps_saved(trainer), 1),
+            "pruned_share": round(1 - self.sampler.lengths[index] / self._size, 4),
+            "pruning_steps_saved": round(self.virtual_step(step) - step, 1),
         }
         if draws:
             logs["pruning_easy_share"] = round(easy / draws, 4)
         return logs
 
-    def end_of_run(self, trainer: MarginTrainer, seconds: float) -> tuple[dict[str, float], str | None]:
-        if self.schedule is None:
+    def end_of_run(self, host: StrategyHost, seconds: float) -> tuple[dict[str, float], str | None]:
+        if self.sampler is None:
             return {}, None
-        full = len(self.cache) * len(self.schedule.lengths)
-        drawn = self.schedule.per_epoch * len(self.schedule.lengths)
+        lengths = self._pass_lengths()
+        full, drawn = self._size * self._passes, sum(lengths) + self._size * (self._passes - len(lengths))
+        shares = ", ".join(f"{1 - n / self._size:.2f}" for n in lengths)
         verdict = (
-            f"pruning={self.name} trained on {drawn} sample visits instead of {full} ({100 * (1 - drawn / full):.1f}% "
-            f"fewer; {trainer.state.global_step} optimizer steps); score keeping took "
-            f"{100 * self.stopwatch.total('scoring') / max(seconds, 1e-9):.1f}% of training time."
+            f"{self.setting} (rule {self.rule!r}) trained on {drawn} sample visits instead of {full} "
+            f"({100 * (1 - drawn / full):.1f}% fewer; {host.state.global_step} optimizer steps); share dropped per "
+            f"pass: {shares}; score keeping took {100 * self.stopwatch.total('scoring') / max(seconds, 1e-9):.1f}% of "
+            "training time."
         )
-        return {"pruning_visits_saved_share": round(1 - drawn / full, 4)}, verdict
+        by_pass = [round(1 - n / self._size, 4) for n in lengths]
+        return {"pruning_visits_saved_share": round(1 - drawn / full, 4), "pruned_share_by_pass": by_pass}, verdict
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {**super().state_dict(), **self.keeper.state_dict()}
+        if self.sampler is not None:
+            state["sampler"] = self.sampler.state_dict()
+        return state
+
+    def load_state_dict(self, state) -> None:
+        super().load_state_dict(state)
+        self.keeper.load_state_dict(state)
+        if "sampler" in state and self.sampler is not None:
+            self.sampler.load_state_dict(state["sampler"])

@@ -7,7 +7,9 @@ Nothing in it runs anything: it imports only the standard library and `tasks.pat
 
 from __future__ import annotations
 
+import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tasks.paths import SHARED_DATA
@@ -291,11 +293,21 @@ MMR_VARIANTS = {
 # because with few passes the first and the annealed passes are full, and 40% cannot bring a 5-pass run under 0.6x
 # the steps; the gentler one (62.5% dropped: a pass keeps 50%), which brings a 60-pass run to 0.58x, not 0.49x.
 PRUNING_LEVELS = {"": (0.2, 0.75), "_keep28": (0.2, 0.9), "_keep50": (0.2, 0.625)}
-PRUNING_CRITERIA = ("margin", "mms", "loss", "random")
+PRUNING_CRITERIA = ("margin", "mms", "loss", "random")  # the fixed-quota grid; each must be one of hf_margin's
 # also on request: the scored criteria at the default level with the kept easy samples at weight 1, not up-weighted
 UNWEIGHTED = "_unweighted"
 UNWEIGHTED_RUNS = ("prune_margin_unweighted", "prune_loss_unweighted")
+# The rules that decide from the scores how much to drop, at their defaults: adaptive ("learned") by margin and by
+# loss, and InfoBatch's own rule (drop each sample below the mean loss with probability 0.5); then the shorter
+# schedule that takes, seed by seed, as many optimizer steps as adaptive margin pruning took.
+ADAPTIVE_RUNS = {
+    "prune_margin_learned": ["--pruning", "margin", "--pruning_rule", "learned"],
+    "prune_loss_learned": ["--pruning", "loss", "--pruning_rule", "learned"],
+    "prune_loss_infobatch": ["--pruning", "loss", "--pruning_rule", "infobatch"],
+    "baseline_short_learned": ["--max_steps", "{steps_of:prune_margin_learned}"],
+}
 ON_REQUEST_SUFFIXES = (*(suffix for suffix in PRUNING_LEVELS if suffix), UNWEIGHTED)  # run only when --only names them
+STEPS_OF = re.compile(r"^\{steps_of:(\w+)\}$")
 
 
 def prune_variants(setting: Setting) -> dict[str, list[str]]:
@@ -308,11 +320,18 @@ def prune_variants(setting: Setting) -> dict[str, list[str]]:
     for suffix, (hard, ratio) in PRUNING_LEVELS.items():
         level = ["--pruning_hard_fraction", str(hard), "--pruning_ratio", str(ratio)]
         variants.update({f"prune_{c}{suffix}": ["--pruning", c, *level] for c in PRUNING_CRITERIA})
-        share = pruning_schedule(samples, passes, hard, ratio, 0.125, batch).per_epoch / samples  # of unpruned draws
+        lengths = pruning_schedule(samples, passes, hard, ratio, 0.125, batch).lengths
+        share = sum(lengths) / (samples * passes)  # of the unpruned run's draws
         variants[f"baseline_short{suffix}"] = ["--num_train_epochs", f"{passes * share:.4f}"]
     for name in UNWEIGHTED_RUNS:  # the default level's runs, their kept easy samples at weight 1
         variants[name] = [*variants[name.removesuffix(UNWEIGHTED)], "--pruning_rescale", "false"]
+    variants.update(ADAPTIVE_RUNS)
     return variants
+
+
+def resolve_flags(flags: list[str], steps_of: Callable[[str], int]) -> list[str]:
+    """A variant's flags with each `{steps_of:RUN}` replaced by the optimizer steps `RUN` took (same seed)."""
+    return [str(steps_of(match.group(1))) if (match := STEPS_OF.match(flag)) else flag for flag in flags]
 
 
 DEFAULT_KS = [2.0, 4.0, 10.0]

@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from tasks.bench.registry import SETTINGS, Setting, select_variants
+from tasks.bench.registry import SETTINGS, Setting, resolve_flags, select_variants
 from tasks.bench.results import save_result
 from tasks.paths import BENCH_RUNS, RESULTS
 from tasks.plot import load_run
@@ -23,6 +23,14 @@ def run_one(setting: Setting, name: str, extra: list[str], seed: int, quick: boo
     out = root / f"{name}_s{seed}"
     if (out / "metrics.json").is_file():
         return out  # resumable: a finished run is not run again
+
+    def steps_of(run: str) -> int:
+        record = root / f"{run}_s{seed}" / "metrics.json"
+        if not record.is_file():
+            raise RuntimeError(f"{name} takes its steps from {run}, which has not run for seed {seed}; run it first.")
+        return int(json.loads(record.read_text())["train_steps"])
+
+    extra = resolve_flags(extra, steps_of)
     argv = [
         *setting.argv,
         *extra,
@@ -65,7 +73,14 @@ def load_curve(run_dir: Path, metric: str) -> dict[str, Any]:
         "train_steps": record.get("train_steps"),
         "selection_time_share": record.get("selection_time_share") or 0.0,
         "mms_trace": [(step, run.mms_key, value) for step, value in zip(run.mms_steps, run.mms_values)],
+        "pruned_by_pass": pruned_by_pass(run_dir),
     }
+
+
+def pruned_by_pass(run_dir: Path) -> list[float]:
+    """The share of the data each pass of a pruned run dropped (from its training logs); empty for other runs."""
+    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+    return next((h["pruned_share_by_pass"] for h in history if "pruned_share_by_pass" in h), [])
 
 
 def first_reaching(curve: dict[str, Any], target: float) -> tuple[int | None, float | None]:

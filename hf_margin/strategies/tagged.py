@@ -1,0 +1,154 @@
+"""What cached selection and epoch pruning share: every sample tagged with its dataset index and loss weight on its
+way through the train loader, its score kept from its own training forward, and the weighted loss."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..clock import Stopwatch
+from ..criteria import Criterion
+from ..margin import weighted_cross_entropy
+from ..selection import ScoreCache
+from .base import StrategyHost, check_labels, first_sample, label_free
+
+# The dataset index and loss weight of each sample, carried through the train loader.
+INDEX_KEY, WEIGHT_KEY = "hf_margin_index", "hf_margin_weight"
+
+
+class ScoreKeeper:
+    """
+    The shared machinery of the mechanisms that choose from scores kept on the training forward:
+
+    - the train loader reads the dataset with `(index, weight)` keys from the mechanism's sampler and tags each sample
+      with both (the user's collator never sees the tags; `remove_unused_columns` keeps them);
+    - the training forward runs without labels; its logits give each trained sample's score by `criterion`, stored in
+      a `ScoreCache` keyed by dataset index (under several processes every process stores every process's, so caches
+      and samplers agree), with whether the score says the sample is learned (`threshold`);
+    - the loss is the weighted cross-entropy, so kept samples that stand for dropped ones weigh what those would.
+
+    Args:
+        setting (`str`): how the user turned the mechanism on (`"pruning='margin'"`), named in every error.
+        criterion ([`Criterion`]): what the cache keeps; without a score (random pruning) nothing is kept.
+        threshold (`float`, *optional*): the learned threshold, for criteria that say when a sample is learned.
+    """
+
+    def __init__(self, setting: str, criterion: Criterion, threshold: float | None = None):
+        self.setting, self.criterion, self.threshold = setting, criterion, threshold
+        self.cache: ScoreCache | None = None
+
+    def reset(self) -> None:
+        self.cache = None
+
+    def check_dataset(self, host: StrategyHost, dataset: Any) -> None:
+        first = first_sample(dataset)
+        if first is not None and not isinstance(first, Mapping):
+            raise ValueError(
+                f"{self.setting} needs samples that are dicts (it adds each sample's index to it); the train "
+                f"dataset returns {type(first).__name__}."
+            )
+        check_labels(self.setting, "its weighted loss", dataset, host.label_names)
+
+    def loader(self, host: StrategyHost, sampler: Sampler):
+        """The train loader over the tagged dataset, drawing from `sampler` (which reads `self.cache`)."""
+        return host.train_loader(
+            TaggedDataset(host.train_dataset),
+            host.train_batch_size,
+            sampler=sampler,
+            collate=TaggedCollator(host.data_collator),
+            keep_columns=(INDEX_KEY, WEIGHT_KEY),
+        )
+
+    def new_cache(self, host: StrategyHost) -> ScoreCache:
+        if self.cache is None or len(self.cache) != len(host.train_dataset):
+            self.cache = ScoreCache(len(host.train_dataset), host.args.device)
+        return self.cache
+
+    def forward_loss(
+        self, host: StrategyHost, model: torch.nn.Module, inputs: dict[str, Any], stopwatch: Stopwatch
+    ) -> tuple[torch.Tensor, Any]:
+        inputs = dict(inputs)
+        index, weight = inputs.pop(INDEX_KEY), inputs.pop(WEIGHT_KEY)
+        labels = host.pop_labels(inputs)  # the model computes no loss of its own
+        if labels is None:
+            raise ValueError(f"{self.setting} needs labels, and this training batch has none.")
+        outputs = model(**inputs)  # inside the trainer's `watch_head`: the tap sees the head's forward
+        logits = host.logits_of(label_free(outputs), host.head_tap, self.setting)
+        host.nonfinite.record(logits, self.setting)
+        if self.criterion.score is not None:
+            with stopwatch.timing("scoring", host.args.device):
+                tap = host.head_tap
+                scores = self.criterion.scores(logits, labels=labels, weight=tap.weight if tap is not None else None)
+                learned = self.criterion.is_learned(scores, self.threshold) if self.criterion.says_learned else None
+                self.update_cache(host, index, scores, learned)
+        # the weights of the kept samples make this loss an unbiased estimate of the full data's
+        loss = weighted_cross_entropy(logits, labels, weight, host.args.label_smoothing_factor)
+        return loss, outputs
+
+    def update_cache(
+        self, host: StrategyHost, indices: torch.Tensor, scores: torch.Tensor, learned: torch.Tensor | None
+    ) -> None:
+        """Store the batch's scores; with several processes every one stores every process's, so caches agree."""
+        indices = indices.to(scores.device)
+        if host.args.world_size > 1:
+            if learned is None:
+                indices, scores = host.gather((indices, scores))
+            else:
+                indices, scores, learned = host.gather((indices, scores, learned.to(torch.uint8)))
+                learned = learned.bool()
+        self.cache.update(indices, scores, host.state.global_step, learned)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"margin_cache": self.cache.state_dict()} if self.cache is not None else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "margin_cache" not in state:
+            return
+        if self.cache is None:
+            self.cache = ScoreCache(state["margin_cache"]["margins"].shape[0])
+        self.cache.load_state_dict(state["margin_cache"])
+
+
+class TaggedDataset(Dataset):
+    """The train dataset read with `(index, weight)` keys from a sampler, each sample tagged with both."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, float]) -> dict[str, Any]:
+        return _tag(self.dataset[key[0]], *key)
+
+    def __getitems__(self, keys: list[tuple[int, float]]) -> list[dict[str, Any]]:
+        indices = [index for index, _ in keys]
+        getitems = getattr(self.dataset, "__getitems__", None)  # a batched read, when the dataset has one
+        samples = getitems(indices) if getitems is not None else [self.dataset[i] for i in indices]
+        return [_tag(sample, *key) for sample, key in zip(samples, keys)]
+
+
+def _tag(sample: Any, index: int, weight: float) -> dict[str, Any]:
+    if not isinstance(sample, Mapping):
+        raise ValueError(
+            f"the train dataset returned a {type(sample).__name__} for sample {index}; the mechanism that tags "
+            "samples with their index needs dicts."
+        )
+    return {**sample, INDEX_KEY: index, WEIGHT_KEY: weight}
+
+
+class TaggedCollator:
+    """Collates the samples without their tags with the user's collator, then adds the tags as tensors."""
+
+    def __init__(self, collate: Any):
+        self.collate = collate
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        index = torch.tensor([f[INDEX_KEY] for f in features], dtype=torch.long)
+        weight = torch.tensor([f[WEIGHT_KEY] for f in features], dtype=torch.float32)
+        batch = self.collate([{k: v for k, v in f.items() if k not in (INDEX_KEY, WEIGHT_KEY)} for f in features])
+        batch[INDEX_KEY], batch[WEIGHT_KEY] = index, weight
+        return batch
