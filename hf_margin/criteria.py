@@ -30,7 +30,9 @@ from .margin import (
     signed_margin_scores,
 )
 
-ScoreFunction = Callable[..., torch.Tensor]  # score(logits [B, C], labels [B] | None, weight [C, D] | None) -> [B]
+# score(logits [B, C], labels=[B] | None, weight=[C, D] | None, losses=[B] | None) -> [B]; `losses` are the per-row
+# cross-entropies when the caller has them already (the training forward computes them for its loss)
+ScoreFunction = Callable[..., torch.Tensor]
 HARDEST = ("smallest", "largest")
 
 
@@ -50,6 +52,8 @@ class Criterion:
         needs_labels (`bool`): reads the labels, so it cannot rank unlabeled data.
         learned_above / learned_below (`float`, *optional*): the default threshold past which a sample's score says
             it is learned (at most one of them), for adaptive pruning; neither: the criterion cannot say.
+        vocab_lean (`bool`): computed from `[B, C]` logits without a temporary of their size, so it scores a language
+            model's tokens (`C` = the vocabulary) at little cost; a softmax over the classes is not.
         description (`str`): one line for help texts.
     """
 
@@ -60,6 +64,7 @@ class Criterion:
     needs_labels: bool = False
     learned_above: float | None = None
     learned_below: float | None = None
+    vocab_lean: bool = False
     description: str = ""
 
     def __post_init__(self):
@@ -79,9 +84,16 @@ class Criterion:
         return self.learned_above is not None or self.learned_below is not None
 
     def scores(
-        self, logits: torch.Tensor, labels: torch.Tensor | None = None, weight: torch.Tensor | None = None
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        weight: torch.Tensor | None = None,
+        losses: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The `[B]` float32 scores of `[B, C]` logits, with what this criterion needs (a `ValueError` naming it)."""
+        """
+        The `[B]` float32 scores of `[B, C]` logits, with what this criterion needs (a `ValueError` naming it);
+        `losses`, the rows' cross-entropies if the caller has them, spare a criterion computing them again.
+        """
         if self.score is None:
             raise ValueError(f"criterion {self.name!r} has no score: it draws at random.")
         if self.needs_labels and labels is None:
@@ -89,7 +101,9 @@ class Criterion:
         if self.needs_head and weight is None:
             raise ValueError(f"criterion {self.name!r} needs the weight of the last linear layer.")
         with torch.no_grad():
-            return self.score(logits, labels=labels, weight=weight).float()
+            if losses is None:
+                return self.score(logits, labels=labels, weight=weight).float()
+            return self.score(logits, labels=labels, weight=weight, losses=losses.detach()).float()
 
     def hardness(self, scores: torch.Tensor) -> torch.Tensor:
         """Scores turned so that larger is harder, whatever the criterion's end (NaN stays NaN)."""
@@ -180,20 +194,20 @@ class CriterionChoices(Sequence[str]):
         return repr(self._names())
 
 
-def _mms(logits, labels=None, weight=None):
+def _mms(logits, labels=None, weight=None, losses=None):
     return minimal_margin_scores(logits, weight)
 
 
-def _margin(logits, labels=None, weight=None):
+def _margin(logits, labels=None, weight=None, losses=None):
     return signed_margin_scores(logits, labels, weight)
 
 
-def _loss(logits, labels=None, weight=None):
-    return per_sample_losses(logits, labels)
+def _loss(logits, labels=None, weight=None, losses=None):
+    return per_sample_losses(logits, labels) if losses is None else losses
 
 
 def _label_free(function: Callable[[torch.Tensor], torch.Tensor]) -> ScoreFunction:
-    def score(logits, labels=None, weight=None):
+    def score(logits, labels=None, weight=None, losses=None):
         return function(logits)
 
     return score
@@ -205,6 +219,7 @@ for _criterion in (
         _mms,
         "smallest",
         needs_head=True,
+        vocab_lean=True,
         description="the label-free minimal margin score (s_1 - s_2) / ||w_1 - w_2||, smallest first",
     ),
     Criterion(
@@ -214,6 +229,7 @@ for _criterion in (
         needs_head=True,
         needs_labels=True,
         learned_above=0.0,  # classified correctly
+        vocab_lean=True,
         description="the signed margin (s_y - max_{j!=y} s_j) / ||w_y - w_j||, negative when misclassified, "
         "smallest first",
     ),
@@ -223,6 +239,7 @@ for _criterion in (
         "largest",
         needs_labels=True,
         learned_below=math.log(2.0),  # p_y > 1/2: classified correctly, and confidently for 3+ classes
+        vocab_lean=True,  # from the training forward's own cross-entropies
         description="the per-sample cross-entropy (hard-negative mining, InfoBatch's score), largest first",
     ),
     Criterion("breaking_ties", _label_free(breaking_ties_scores), "smallest", description="p_1 - p_2, smallest first"),
@@ -230,7 +247,9 @@ for _criterion in (
         "least_confidence", _label_free(least_confidence_scores), "largest", description="1 - p_1, largest first"
     ),
     Criterion("entropy", _label_free(entropy_scores), "largest", description="the softmax entropy, largest first"),
-    Criterion("random", None, "smallest", description="a seeded random choice, no scores (the control)"),
+    Criterion(
+        "random", None, "smallest", vocab_lean=True, description="a seeded random choice, no scores (the control)"
+    ),
 ):
     register_criterion(_criterion)
 

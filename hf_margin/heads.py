@@ -113,6 +113,12 @@ def find_classifier(model: nn.Module, classifier_name: str | None = None) -> tup
             )
         return found
 
+    if is_causal_lm(model):  # a language model's head: its output embeddings (tied to the input ones or not)
+        get_output_embeddings = getattr(_unwrapped_peft(model), "get_output_embeddings", None)
+        layer = get_output_embeddings() if callable(get_output_embeddings) else None
+        if isinstance(layer, nn.Module) and layer in names and (found := resolved(names[layer], layer)):
+            return found
+
     for module in model.modules():
         get_classifier = getattr(module, "get_classifier", None)
         if callable(get_classifier):
@@ -148,12 +154,37 @@ def find_classifier(model: nn.Module, classifier_name: str | None = None) -> tup
     )
 
 
+# Model classes with one prediction per token or span that margins do not score: no per-sample margin.
+_TOKEN_LEVEL = ("ForTokenClassification", "ForQuestionAnswering", "ForPreTraining", "ForMaskedLM")
+
+
+def _unwrapped_peft(model: nn.Module) -> nn.Module:
+    """The transformers model inside a PEFT wrapper (or the model itself)."""
+    get_base_model = getattr(model, "get_base_model", None)
+    return get_base_model() if callable(get_base_model) else model
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """A decoder language model (`*ForCausalLM`, inside PEFT too): one next-token prediction per position."""
+    return type(_unwrapped_peft(model)).__name__.endswith("ForCausalLM")
+
+
+def prediction_level(model: nn.Module) -> str:
+    """`"causal_lm"` (a next-token prediction per position), `"token"` (one per token or span, other than a causal
+    LM's), or `"sample"` (one per sample: sequence, image and audio classifiers, and any other model)."""
+    if is_causal_lm(model):
+        return "causal_lm"
+    name = type(_unwrapped_peft(model)).__name__
+    return "token" if name.endswith(_TOKEN_LEVEL) else "sample"
+
+
 class HeadTap:
     """
     A forward hook on the last linear layer (registered first, so it runs while FSDP or DeepSpeed still hold the
     weight whole) that, inside `watching()`, keeps what the margins need from that forward:
 
-    - `weight`: a detached copy of the layer's effective `[C, D]` weight;
+    - `weight`: a detached copy of the layer's effective `[C, D]` weight (a view with `copy_weight=False`, for a
+      language model's head that no engine shards outside its forward: its `[V, D]` is large);
     - `features` / `logits`: the layer's input `[B, D]` and output `[B, C]`; for a head that runs on every position
       of a sequence (`[B, L, D]`, the sequence classifiers of decoder language models) the rows at the positions the
       model pools (`pooled_positions` of the `input_ids` given to `watching`);
@@ -161,8 +192,9 @@ class HeadTap:
       the live weight, so its gradient reaches the weight through the engine's own backward.
     """
 
-    def __init__(self, layer: nn.Module):
+    def __init__(self, layer: nn.Module, copy_weight: bool = True):
         self.layer = layer
+        self.copy_weight = copy_weight  # False: keep a view (a language model's head, not sharded outside its forward)
         self._watching = False
         self._labels: torch.Tensor | None = None
         self._input_ids: torch.Tensor | None = None
@@ -186,7 +218,7 @@ class HeadTap:
             positions = pooled_positions(self._input_ids, self._pad_token_id).to(features.device)
             features, logits, self.per_position = features[rows, positions], logits[rows, positions], True
         weight = effective_weight(module)
-        self.weight = weight.detach().clone()
+        self.weight = weight.detach().clone() if self.copy_weight else weight.detach()
         self.features, self.logits = features, logits
         if self._labels is not None:
             self.penalty = multi_margin_penalty(features, logits, self._labels, weight)

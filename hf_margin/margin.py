@@ -41,10 +41,10 @@ def minimal_margin_scores(logits: torch.Tensor, weight: torch.Tensor) -> torch.T
         0 for an exact tie, huge otherwise, so such samples rank as far from any boundary.
     """
     _check_logits_weight(logits, weight)
-    top2 = logits.detach().float().topk(2, dim=1)
-    gap = top2.values[:, 0] - top2.values[:, 1]
-    weight = weight.detach().float()
-    row_distance = (weight[top2.indices[:, 0]] - weight[top2.indices[:, 1]]).norm(dim=1)
+    top2 = logits.detach().topk(2, dim=1)  # in the logits' dtype: no float copy of a [B, C] with a vocabulary's C
+    values = top2.values.float()
+    gap = values[:, 0] - values[:, 1]
+    row_distance = (weight[top2.indices[:, 0]].float() - weight[top2.indices[:, 1]].float()).norm(dim=1)
     return gap / row_distance.clamp_min(_MIN_ROW_DISTANCE)
 
 
@@ -71,11 +71,14 @@ def signed_margin_scores(logits: torch.Tensor, labels: torch.Tensor, weight: tor
         raise ValueError(f"labels must be [B] = [{logits.shape[0]}], got {list(labels.shape)}.")
     kept = labels != -100
     labels = labels.long().where(kept, 0)
-    logits, weight = logits.detach().float(), weight.detach().float()
-    true = logits.gather(1, labels[:, None]).squeeze(1)
-    runner_up = logits.scatter(1, labels[:, None], float("-inf")).argmax(dim=1)
-    gap = true - logits.gather(1, runner_up[:, None]).squeeze(1)
-    row_distance = (weight[labels] - weight[runner_up]).norm(dim=1)
+    logits, weight = logits.detach(), weight.detach()
+    # the strongest other class from the top two, in the logits' dtype: no copy of the [B, C] logits
+    top2 = logits.topk(2, dim=1)
+    first_is_true = top2.indices[:, 0] == labels
+    runner_up = torch.where(first_is_true, top2.indices[:, 1], top2.indices[:, 0])
+    runner_up_score = torch.where(first_is_true, top2.values[:, 1], top2.values[:, 0]).float()
+    gap = logits.gather(1, labels[:, None]).squeeze(1).float() - runner_up_score
+    row_distance = (weight[labels].float() - weight[runner_up].float()).norm(dim=1)
     return (gap / row_distance.clamp_min(_MIN_ROW_DISTANCE)).where(kept, float("nan"))
 
 

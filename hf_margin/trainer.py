@@ -21,8 +21,9 @@ from transformers.utils import logging
 
 from .batch import LABEL_KEYS, find_labels
 from .clock import TrainClock
-from .config import MarginSettings
-from .heads import HeadTap, find_classifier, out_features
+from .config import PRUNING_CRITERIA, MarginSettings
+from .criteria import get_criterion
+from .heads import HeadTap, find_classifier, is_causal_lm, out_features, prediction_level
 from .margin import minimal_margin_scores
 from .ranking import RankedScores, score_dataset
 from .regularization import MultiMarginRegularizer
@@ -35,8 +36,6 @@ logger = logging.get_logger(__name__)
 # Model classes whose loss is a per-batch mean even though their forward accepts loss kwargs, and which give one
 # prediction per sample: the ones margins apply to.
 _SEQUENCE_LEVEL = ("ForSequenceClassification", "ForImageClassification", "ForAudioClassification")
-# Model classes with one prediction per token or span: no per-sample margin.
-_TOKEN_LEVEL = ("ForTokenClassification", "ForQuestionAnswering", "ForPreTraining", "ForMaskedLM", "ForCausalLM")
 
 
 class TrainerAdapter:
@@ -52,6 +51,7 @@ class TrainerAdapter:
         self.nonfinite = NonFiniteWatch()
         self.head_tap: HeadTap | None = None
         self.head_name: str | None = None
+        self.causal_lm = False
         self._pad_token_id: int | None = None
         self._pooling_checked = False
 
@@ -153,11 +153,15 @@ class TrainerAdapter:
     def bind_head(self, head: nn.Module | None, name: str | None, model: nn.Module) -> None:
         """Tap `head`, the last linear layer of the model `train()` trains (model_init builds a new one)."""
         self.head_name = name
+        self.causal_lm = is_causal_lm(model)
         if self.head_tap is not None and self.head_tap.layer is not head:
             self.head_tap.remove()
             self.head_tap = None
         if head is not None and self.head_tap is None:
-            self.head_tap = HeadTap(head)  # inert outside `watch_head`
+            # a language model's [vocabulary, hidden] head is read as a view, unless an engine shards it outside
+            # its forward
+            sharded = self.trainer.is_fsdp_enabled or self.trainer.is_deepspeed_enabled
+            self.head_tap = HeadTap(head, copy_weight=sharded or not self.causal_lm)  # inert outside `watch_head`
         self._pooling_checked = False
         config = getattr(_base_model(model), "config", None)
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -282,8 +286,11 @@ class MarginTrainerMixin:
         if not self._reads_classes:
             return  # nothing here reads the classes
         base = _base_model(self.accelerator.unwrap_model(model))
-        kind = type(base).__name__
-        if any(kind.endswith(suffix) for suffix in _TOKEN_LEVEL):
+        kind, level = type(base).__name__, prediction_level(base)
+        if level == "causal_lm":
+            self._check_causal_lm(kind)
+            return
+        if level == "token":
             raise ValueError(
                 f"{self._field}: margins need one prediction per sample, but {kind} predicts per token or span; "
                 "use selection='none', pruning='none' and mmr_alpha=0 with this model."
@@ -300,6 +307,28 @@ class MarginTrainerMixin:
         if num_labels is not None and num_labels < 2:
             raise ValueError(f"{self._field}: margins need at least 2 classes, the model has num_labels={num_labels}.")
 
+    def _check_causal_lm(self, kind: str) -> None:
+        """A causal LM trains with epoch pruning by a criterion that scores its tokens at little cost, and nothing
+        else: a pool's scoring forward costs a full forward, which the measurements show does not pay."""
+        if self.mmr_on:
+            raise ValueError(
+                f"mmr_alpha: {kind} is a causal language model; MMR is defined for classifiers, not for next-token "
+                "prediction over a vocabulary. Use mmr_alpha=0 with this model."
+            )
+        if not self.strategy.serves_causal_lm:
+            raise ValueError(
+                f"{self._field}: {kind} is a causal language model, and this mechanism needs one prediction per sample "
+                "(pool selection would also pay a full scoring forward per step). Use pruning=... instead: it scores "
+                "each sequence from the logits of its own training forward."
+            )
+        criterion = self.strategy.criterion
+        if not criterion.vocab_lean:
+            lean = [name for name in PRUNING_CRITERIA if name != "none" and get_criterion(name).vocab_lean]
+            raise ValueError(
+                f"{self._field}: scoring a causal LM's tokens by {criterion.name!r} needs a softmax over the "
+                f"vocabulary, a tensor as large as the logits; use one of {lean}."
+            )
+
     def _find_head(self, model: nn.Module) -> tuple[str | None, nn.Module | None]:
         """The last linear layer; a `ValueError` naming `classifier_name` when margins need it and it is unusable."""
         unwrapped = self.accelerator.unwrap_model(model)
@@ -309,6 +338,8 @@ class MarginTrainerMixin:
             if self._needs_margins:
                 raise
             return None, None  # only the mms_train_mean trace would use it
+        if is_causal_lm(unwrapped):
+            return name, head  # its output embeddings: a row per vocabulary entry
         num_labels = getattr(getattr(_base_model(unwrapped), "config", None), "num_labels", None)
         width = out_features(head)
         problem = (
@@ -327,6 +358,10 @@ class MarginTrainerMixin:
     def _bind_head(self, model: nn.Module) -> None:
         name, head = self._find_head(model)
         self.margin.bind_head(head, name, self.accelerator.unwrap_model(model))
+        if self.strategy.owns_loss and not self.margin.causal_lm:
+            # its loss is a weighted mean over the micro-batch: the Trainer divides it by the accumulation steps (a
+            # causal LM's is normalised by the Trainer's token count, as the model's own loss)
+            self.model_accepts_loss_kwargs = False
 
     def _check_train_dataset(self, dataset: Any) -> None:
         self.strategy.check_dataset(self.margin, dataset)
@@ -433,9 +468,12 @@ class MarginTrainerMixin:
         if self.mmr_on and labels is None:
             raise ValueError("mmr_alpha: MMR needs labels, and this training batch has none.")
         margin = self.margin
-        with margin.watch_head(inputs, labels if self.mmr_on else None) as tap:
+        pooled = None if margin.causal_lm else inputs  # a causal LM's head is read at every position
+        with margin.watch_head(pooled, labels if self.mmr_on else None) as tap:
             loss, outputs = self.strategy.forward_loss(margin, super().compute_loss, model, inputs, num_items_in_batch)
-        if tap is not None:
+        if tap is not None and margin.causal_lm:
+            tap.features = tap.logits = None  # release the graph
+        elif tap is not None:
             logits = margin.logits_of(outputs, tap, self._field, required=self._needs_margins)
             step = self.state.global_step
             if logits is not None and margin.logs_after_this_step():

@@ -83,6 +83,7 @@ class StrategyHost(Protocol):
     metrics: MetricBuffer
     nonfinite: NonFiniteWatch
     head_tap: HeadTap | None
+    causal_lm: bool  # the model is a causal language model: one next-token prediction per position
 
     @property
     def train_batch_size(self) -> int: ...
@@ -128,6 +129,7 @@ class SelectionStrategy:
     reads_classes = False  # its scores mean something only for single-label classifiers
     owns_loss = False  # computes the training loss itself (a weighted cross-entropy): no compute_loss_func
     variable_passes = False  # Trainer epochs of different lengths (one planned pass each)
+    serves_causal_lm = False  # can train a causal language model (scores per sequence from its token logits)
 
     def __init__(self, settings: MarginSettings):
         self.settings = settings

@@ -55,7 +55,7 @@ class CachedSelection(SelectionStrategy):
     def forward_loss(
         self, host: StrategyHost, stock_loss: StockLoss, model, inputs: dict[str, Any], num_items_in_batch
     ):
-        return self.keeper.forward_loss(host, model, inputs, self.stopwatch)
+        return self.keeper.forward_loss(host, model, inputs, self.stopwatch, num_items_in_batch)
 
     def log_metrics(self, host: StrategyHost, window_seconds: float | None) -> dict[str, float]:
         logs = {}

@@ -40,7 +40,7 @@ class PrunedEpochs(SelectionStrategy):
     """
 
     field = "pruning"
-    selects = needs_labels = reads_classes = owns_loss = variable_passes = True
+    selects = needs_labels = reads_classes = owns_loss = variable_passes = serves_causal_lm = True
 
     def __init__(self, settings):
         super().__init__(settings)
@@ -162,7 +162,7 @@ class PrunedEpochs(SelectionStrategy):
     def forward_loss(
         self, host: StrategyHost, stock_loss: StockLoss, model, inputs: dict[str, Any], num_items_in_batch
     ):
-        return self.keeper.forward_loss(host, model, inputs, self.stopwatch)
+        return self.keeper.forward_loss(host, model, inputs, self.stopwatch, num_items_in_batch)
 
     # ---- logs and checkpoints ----
 

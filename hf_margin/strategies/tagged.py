@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 from ..clock import Stopwatch
@@ -39,9 +40,11 @@ class ScoreKeeper:
     def __init__(self, setting: str, criterion: Criterion, threshold: float | None = None):
         self.setting, self.criterion, self.threshold = setting, criterion, threshold
         self.cache: ScoreCache | None = None
+        self._packing_checked = False
 
     def reset(self) -> None:
         self.cache = None
+        self._packing_checked = False
 
     def check_dataset(self, host: StrategyHost, dataset: Any) -> None:
         first = first_sample(dataset)
@@ -50,7 +53,8 @@ class ScoreKeeper:
                 f"{self.setting} needs samples that are dicts (it adds each sample's index to it); the train "
                 f"dataset returns {type(first).__name__}."
             )
-        check_labels(self.setting, "its weighted loss", dataset, host.label_names)
+        if not host.causal_lm:  # a language model's labels usually come from its collator
+            check_labels(self.setting, "its weighted loss", dataset, host.label_names)
 
     def loader(self, host: StrategyHost, sampler: Sampler):
         """The train loader over the tagged dataset, drawing from `sampler` (which reads `self.cache`)."""
@@ -68,13 +72,22 @@ class ScoreKeeper:
         return self.cache
 
     def forward_loss(
-        self, host: StrategyHost, model: torch.nn.Module, inputs: dict[str, Any], stopwatch: Stopwatch
+        self,
+        host: StrategyHost,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        stopwatch: Stopwatch,
+        num_items_in_batch: torch.Tensor | int | None = None,
     ) -> tuple[torch.Tensor, Any]:
         inputs = dict(inputs)
         index, weight = inputs.pop(INDEX_KEY), inputs.pop(WEIGHT_KEY)
+        shift_labels = inputs.pop("shift_labels", None)
         labels = host.pop_labels(inputs)  # the model computes no loss of its own
-        if labels is None:
+        if labels is None and shift_labels is None:
             raise ValueError(f"{self.setting} needs labels, and this training batch has none.")
+        if host.causal_lm:
+            return self._causal_lm_loss(host, model, inputs, index, weight, labels, shift_labels, stopwatch,
+                                        num_items_in_batch)  # fmt: skip
         outputs = model(**inputs)  # inside the trainer's `watch_head`: the tap sees the head's forward
         logits = host.logits_of(label_free(outputs), host.head_tap, self.setting)
         host.nonfinite.record(logits, self.setting)
@@ -86,6 +99,64 @@ class ScoreKeeper:
                 self.update_cache(host, index, scores, learned)
         # the weights of the kept samples make this loss an unbiased estimate of the full data's
         loss = weighted_cross_entropy(logits, labels, weight, host.args.label_smoothing_factor)
+        return loss, outputs
+
+    def _causal_lm_loss(
+        self,
+        host: StrategyHost,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        index: torch.Tensor,
+        weight: torch.Tensor,
+        labels: torch.Tensor | None,
+        shift_labels: torch.Tensor | None,
+        stopwatch: Stopwatch,
+        num_items_in_batch: torch.Tensor | int | None,
+    ) -> tuple[torch.Tensor, Any]:
+        """
+        A causal LM's step: the next-token cross-entropy of every position, each sequence's tokens weighted by its
+        weight and normalised as the Trainer normalises (by `num_items_in_batch`, the accumulated batch's target
+        tokens over every process, when it counts them); each sequence's score is its criterion's mean over its target
+        tokens (labels != -100), from the same logits. No `[batch, length, vocabulary]` tensor is made beyond the
+        logits and the float32 cross-entropy the model's own loss would make.
+        """
+        if not self._packing_checked:
+            check_not_packed(self.setting, inputs)  # once a run: it reads a tensor on the host
+            self._packing_checked = True
+        outputs = model(**inputs)
+        logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
+        batch, length, vocabulary = logits.shape
+        if shift_labels is None:  # as transformers' ForCausalLMLoss: position t predicts token t + 1
+            shift_labels = nn.functional.pad(labels, (0, 1), value=-100)[..., 1:]
+        targets = shift_labels.reshape(-1).to(logits.device)
+        flat_logits = logits.reshape(-1, vocabulary)
+        token_losses = nn.functional.cross_entropy(
+            flat_logits.float(),
+            targets,
+            ignore_index=-100,
+            reduction="none",
+            label_smoothing=host.args.label_smoothing_factor,
+        )
+        host.nonfinite.record(token_losses, self.setting)  # non-finite logits give non-finite losses
+        valid = (targets != -100).view(batch, length)
+        token_weights = weight.to(token_losses.device, token_losses.dtype)[:, None].expand(batch, length)
+        total = (token_losses.view(batch, length) * token_weights).sum()
+        if num_items_in_batch is None:
+            loss = total / valid.sum().clamp_min(1)
+        else:
+            loss = total / num_items_in_batch
+            if host.args.average_tokens_across_devices and host.args.world_size > 1:
+                loss = loss * host.args.world_size  # every process divides by the count over all of them
+        if self.criterion.score is not None:
+            with stopwatch.timing("scoring", host.args.device):
+                tap = host.head_tap
+                token_scores = self.criterion.scores(
+                    flat_logits, labels=targets, weight=tap.weight if tap is not None else None, losses=token_losses
+                ).view(batch, length)
+                counted = valid.sum(dim=1)
+                scores = torch.where(valid, token_scores, 0.0).sum(dim=1) / counted  # NaN: no target token
+                learned = self.criterion.is_learned(scores, self.threshold) if self.criterion.says_learned else None
+                self.update_cache(host, index, scores, learned)
         return loss, outputs
 
     def update_cache(
@@ -110,6 +181,22 @@ class ScoreKeeper:
         if self.cache is None:
             self.cache = ScoreCache(state["margin_cache"]["margins"].shape[0])
         self.cache.load_state_dict(state["margin_cache"])
+
+
+# Keys of a batch that packs several sequences into one row (padding-free collators, flash-attention varlen).
+_PACKING_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "seq_idx")
+
+
+def check_not_packed(setting: str, inputs: Mapping[str, Any]) -> None:
+    """A `ValueError` naming the setting for a batch whose rows hold several sequences: pruning scores whole rows."""
+    position_ids = inputs.get("position_ids")
+    restarts = isinstance(position_ids, torch.Tensor) and bool((position_ids[..., 1:] < position_ids[..., :-1]).any())
+    if restarts or any(key in inputs for key in _PACKING_KEYS):
+        raise ValueError(
+            f"{setting} scores and weighs each row of the batch as one sample, and these rows pack several sequences "
+            "(position_ids restart inside a row, or cu_seq_lens/seq_idx are given). Train without packing (e.g. "
+            "TRL's packing=False, padding_free=False) so that each row is one dataset sample."
+        )
 
 
 class TaggedDataset(Dataset):
