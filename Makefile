@@ -48,7 +48,8 @@ demo: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m tasks.demo
 
 # The project's tests, then transformers' own Trainer tests with MarginTrainer swapped in (stock, defaults, uniform
-# k=1 and k=2; from ../shared/upstream-trainer-tests, skipped with a message when that folder is missing)
+# k=1 and k=2; from ../shared/upstream-trainer-tests, skipped with a message when that folder is missing, a failure
+# where HF_MARGIN_REQUIRE_SHARED=1 as in CI)
 test: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q --durations=10
 	$(OFFLINE) $(BIN)/python tests/upstream/check.py
