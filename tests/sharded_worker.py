@@ -40,8 +40,8 @@ def engine_args(engine: str) -> dict:
         return {"fsdp": True, "fsdp_config": config}
     if engine.startswith("fsdp2"):
         # fsdp2_root: each BertLayer a unit, the head in the root one. Not the default (the model's
-        # _no_split_modules): accelerate 1.15 wraps BertEmbeddings, then shards its word embeddings again as the
-        # input embeddings. fsdp2_own: every nn.Linear a unit too, the head among them.
+        # _no_split_modules): accelerate (1.15, 1.16) wraps BertEmbeddings, then shards its word embeddings again as
+        # the input embeddings. fsdp2_own: every nn.Linear a unit too, the head among them.
         layers = ["BertLayer"] if engine == "fsdp2_root" else ["BertLayer", "Linear"]
         return {"fsdp": True, "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": layers}}
     if engine in ("zero2", "zero3"):

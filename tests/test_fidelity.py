@@ -179,7 +179,8 @@ def test_a_second_train_reseeds_uniform_selection_from_args_seed(tmp_path):
 
 
 def test_hyperparameter_search_with_selection(tmp_path):
-    pytest.importorskip("optuna")
+    import optuna  # noqa: F401  (the search backend; in the dev extra, so missing fails, never skips)
+
     args = margin_args(tmp_path, selection="mms", selection_oversample=2, max_steps=2, eval_strategy="no")
     data = TinyTextDataset(n=64, num_labels=3)
     trainer = MarginTrainer(
@@ -232,7 +233,8 @@ def test_nan_logits_are_a_clear_error_for_every_criterion(tmp_path, text_data, o
 
 
 def _lora(task_type: str | None):
-    peft = pytest.importorskip("peft")
+    import peft  # in the dev extra: missing fails, never skips
+
     model = tiny_bert(num_labels=3, dropout=0.0)
     if task_type:
         config = peft.LoraConfig(task_type=task_type, r=4, target_modules=["query", "value"])

@@ -66,9 +66,16 @@ def test_compare_splits_expected_unexpected_and_stale(tmp_path):
     assert set(check.compare(defaults, stock, swapped).unexpected) == listed - {STEPS_TEST} | {"m::C::other"}
 
 
-def test_missing_upstream_folder_is_skipped_with_a_message(tmp_path, capsys):
+def test_missing_upstream_folder_is_skipped_with_a_message(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HF_MARGIN_REQUIRE_SHARED", raising=False)
     assert check.main(["--upstream", str(tmp_path / "absent")]) == 0
     assert "not found" in capsys.readouterr().out
+
+
+def test_missing_upstream_folder_fails_where_shared_is_required(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_MARGIN_REQUIRE_SHARED", "1")
+    assert check.main(["--upstream", str(tmp_path / "absent")]) == 1
+    assert "not found" in capsys.readouterr().err
 
 
 def test_jobs_must_be_positive(tmp_path):

@@ -15,7 +15,8 @@ once per setting, reads the JUnit XMLs and compares every swapped setting with s
 - the folder's `repro_*.py` scripts (small cases of past differences) must behave as stock with `MarginTrainer`.
 
 It prints one table (stock passed/failed vs swapped passed/failed per setting), then every difference, and exits
-non-zero on an unexpected one. Without the upstream folder it says so and exits 0. Not collected by pytest
+non-zero on an unexpected one. Without the upstream folder it says so and exits 0, or 1 where
+HF_MARGIN_REQUIRE_SHARED=1 (CI, which checks ../shared out beside the clone). Not collected by pytest
 (its name does not start with `test_`); `make test` runs it after the project's own tests.
 """
 
@@ -255,10 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}.")
 
     if not (args.upstream / "run.sh").is_file():
-        print(
-            f"upstream Trainer tests: {args.upstream} not found (it is ../shared/upstream-trainer-tests beside the "
-            "repository in CI); skipping this check."
-        )
+        missing = f"upstream Trainer tests: {args.upstream} not found (it is ../shared/upstream-trainer-tests beside"
+        if os.environ.get("HF_MARGIN_REQUIRE_SHARED") == "1":
+            print(missing + " the repository, required where HF_MARGIN_REQUIRE_SHARED=1).", file=sys.stderr)
+            return 1
+        print(missing + " the repository in CI); skipping this check.")
         return 0
     settings = [SETTINGS[0], *(s for s in SETTINGS[1:] if s.name in args.settings)]
     print(f"upstream Trainer tests from {args.upstream}, {len(settings)} runs, results in {args.out_dir}", flush=True)
