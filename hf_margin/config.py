@@ -162,7 +162,7 @@ class MarginTrainingArguments(TrainingArguments):
         default=0.125,
         metadata={
             "help": "Pruning: share of the passes, at the end of the run, that train on all the data with weight 1 "
-            "(InfoBatch anneals the last 12.5%). In [0, 1]."
+            "(InfoBatch anneals the last 12.5 percent). In [0, 1]."
         },
     )
     pruning_rescale: bool = field(
