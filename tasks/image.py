@@ -438,21 +438,6 @@ def _explicit_flags(argv: Sequence[str]) -> set[str]:
     return {tok[2:].split("=", 1)[0].replace("-", "_") for tok in argv if tok.startswith("--")}
 
 
-def load_splits(image_args: ImageArguments):
-    """The train and eval splits that `image_args` describe, decoded once (`image_data.load_image_splits`)."""
-    return load_image_splits(
-        image_args.dataset_name,
-        data_dir=image_args.data_dir,
-        config_name=image_args.dataset_config_name,
-        max_train_samples=image_args.max_train_samples,
-        max_eval_samples=image_args.max_eval_samples,
-        image_size=image_args.image_size,
-        augmentation=image_args.augmentation,
-        crop_padding=image_args.crop_padding,
-        subset_seed=image_args.subset_seed,
-    )
-
-
 class ImageRecipe(Recipe):
     """
     Images: decoded tensor splits, a timm model ([`build_model`]), [`ImageTrainer`] with its step schedules,
@@ -468,10 +453,8 @@ class ImageRecipe(Recipe):
 
     def parse_args(self, argv: Sequence[str] | None = None) -> tuple[ImageArguments, MarginTrainingArguments]:
         """
-        Parse `ImageArguments` and `MarginTrainingArguments`. A `--schedule` preset is spliced in front of
-        the command line, so every flag given explicitly overrides it; an explicit `--max_steps` or
-        `--num_train_epochs` also replaces the preset's `train_sample_epochs`. `per_device_eval_batch_size`
-        defaults to 256 instead of the Trainer's 8.
+        A `--schedule` preset is spliced in front of the command line, so every flag given explicitly overrides it;
+        an explicit `--max_steps` or `--num_train_epochs` also replaces the preset's `train_sample_epochs`.
         """
         argv = list(sys.argv[1:] if argv is None else argv)
         explicit = _explicit_flags(argv)
@@ -493,16 +476,21 @@ class ImageRecipe(Recipe):
         return image_args, training_args
 
     def load_data(self, args: ImageArguments, training_args: MarginTrainingArguments) -> RecipeData:
-        splits = load_splits(args)
-        train, evaluation = splits.train, splits.eval
-        logger.info(
-            "%s from %s: %d train / %d eval images of %s, %d classes",
+        splits = load_image_splits(
             args.dataset_name,
-            splits.source,
-            len(train),
-            len(evaluation),
-            (train.num_channels, *train.image_size),
-            splits.num_labels,
+            data_dir=args.data_dir,
+            config_name=args.dataset_config_name,
+            max_train_samples=args.max_train_samples,
+            max_eval_samples=args.max_eval_samples,
+            image_size=args.image_size,
+            augmentation=args.augmentation,
+            crop_padding=args.crop_padding,
+            subset_seed=args.subset_seed,
+        )
+        train, evaluation = splits.train, splits.eval
+        sizes = (len(train), len(evaluation), (train.num_channels, *train.image_size), splits.num_labels)
+        logger.info(
+            "%s from %s: %d train / %d eval images of %s, %d classes", args.dataset_name, splits.source, *sizes
         )
         return RecipeData(
             train=train,

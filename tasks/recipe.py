@@ -29,14 +29,12 @@ class RecipeData:
 
     Attributes:
         train: the training split, as the Trainer samples it (tokenised, or decoded images with augmentation).
-        evals (`dict[str, Any]`): metric-key prefix -> eval split, e.g. `{"eval": dev}`; the first is also the
-            split evaluated during training, MNLI adds `"eval_mismatched"`.
-        label_names (`tuple[str, ...]`): class id -> name; empty for a regression target (STS-B).
-        compute_metrics: the Trainer's `compute_metrics`.
-        metric_names (`tuple[str, ...]`): the metrics of the summary line, without prefix (`("accuracy",)`).
-        title (`str`): what the run trains on, for the summary line (`"GLUE rte"`).
-        trainer_kwargs (`dict`): further trainer arguments (`data_collator`, `processing_class`, `lr_schedule`).
-        description (`dict`): the data and the model, for the records of `tasks.active`.
+        evals: metric-key prefix -> eval split (`{"eval": dev}`); the first is also evaluated during training.
+        label_names: class id -> name; empty for a regression target (STS-B).
+        compute_metrics: the Trainer's `compute_metrics`; `metric_names` (`("accuracy",)`) go in the summary line.
+        title: what the run trains on, for the summary line (`"GLUE rte"`).
+        trainer_kwargs: further trainer arguments (`data_collator`, `processing_class`, `lr_schedule`).
+        description: the data and the model, for the records of `tasks.active`.
     """
 
     train: Any
@@ -65,12 +63,10 @@ def recipe_parser(dataclass_types: Sequence[type], prog: str, description: str |
 
 class Recipe:
     """
-    One recipe: a subclass sets `prog`, `description` and `arguments` (the dataclass of its own flags) and
-    implements `load_data` and `build_model`; the other hooks have defaults that do nothing.
-
-    `main` then parses the recipe's and every [`~hf_margin.MarginTrainingArguments`] flag, refuses what cannot
-    run (`check`) before loading anything, loads the data, seeds, builds the model, trains, evaluates every eval
-    split, writes `metrics.json` ([`tasks.common.write_run_metrics`]) and prints one line.
+    A recipe sets `prog`, `description` and `arguments` (the dataclass of its own flags) and implements
+    `load_data` and `build_model`; the other hooks default to doing nothing. `main` parses the recipe's and every
+    [`~hf_margin.MarginTrainingArguments`] flag, refuses what cannot run (`check`) before loading anything, loads,
+    seeds, builds the model and trainer, trains, evaluates every eval split, writes `metrics.json` and prints a line.
     """
 
     prog: str
@@ -149,18 +145,10 @@ class Recipe:
 
     def main(self, argv: Sequence[str] | None = None, progress: TrainerCallback | None = None) -> dict[str, Any]:
         """
-        Run the recipe: parse, load, build the model, train, evaluate, write `<output_dir>/metrics.json`.
-
-        Args:
-            argv (`Sequence[str]`, *optional*):
-                Command-line arguments (default: `sys.argv[1:]`).
-            progress (`TrainerCallback`, *optional*):
-                Shows the run's progress instead of the Trainer's progress bar and printed log dicts (the demo's
-                one line per evaluation).
-
-        Returns:
-            `dict[str, Any]`: what was written to `metrics.json` (final `eval_*` metrics, `train_runtime`,
-            `train_seconds`, `train_steps`, `train_loss`, the margin settings and the recipe's own keys).
+        Run the recipe on `argv` (default: `sys.argv[1:]`); `progress`, a callback, replaces the Trainer's progress
+        bar and printed log dicts (the demo's one line per evaluation). Returns what `metrics.json` holds: the final
+        `eval_*` metrics, `train_runtime`, `train_seconds`, `train_steps`, `train_loss`, the margin settings and the
+        recipe's `run_info`.
         """
         args, training_args = self.parse_args(argv)
         self.check(args, training_args)

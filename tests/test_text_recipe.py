@@ -130,10 +130,10 @@ def test_metrics_accuracy_and_macro_f1():
 
 def test_a_missing_column_names_the_flag_and_lists_the_columns(tmp_path):
     files = data_flags(tmp_path, ".csv")
-    with pytest.raises(ValueError, match=r"--text_column_names: .*train\.csv has no column \['body'\]; its columns "
-                       r"are \['id', 'review', 'title', 'sentiment'\]"):  # fmt: skip
+    with pytest.raises(ValueError, match=r"--text_column_names: .*train\.csv has no column \['body'\]; its columns: "
+                       r"\['id', 'review', 'title', 'sentiment'\]"):  # fmt: skip
         splits_of(run_flags(tmp_path, *files, "--text_column_names", "body"))
-    with pytest.raises(ValueError, match=r"--label_column_name: .*has no column \['label'\]; its columns are"):
+    with pytest.raises(ValueError, match=r"--label_column_name: .*has no column \['label'\]; its columns:"):
         splits_of(run_flags(tmp_path, *files, "--label_column_name", "label"))
 
 
@@ -147,7 +147,7 @@ def test_a_validation_label_unseen_in_train_is_refused(tmp_path):
     dev = reviews(6, 1)
     dev.loc[2, "sentiment"] = "mixed"
     with pytest.raises(ValueError, match=r"--label_column_name 'sentiment': --validation_file .* has labels "
-                       r"\['mixed'\] that --train_file .* does not have"):  # fmt: skip
+                       r"\['mixed'\] that --train_file .* has not"):  # fmt: skip
         splits_of(run_flags(tmp_path, *data_flags(tmp_path, ".csv", dev=dev)))
 
 
@@ -165,7 +165,7 @@ def test_empty_files_and_files_without_rows_are_refused(tmp_path):
 
 def test_bad_flags_fail_while_parsing(tmp_path):
     train = str(write(reviews(6, 0), tmp_path / "train.csv"))
-    with pytest.raises(ValueError, match=r"--train_file .*train\.txt: unknown extension '\.txt'; use one of"):
+    with pytest.raises(ValueError, match=r"--train_file .*train\.txt: unknown extension '\.txt'; use \['\.csv'"):
         parse_args(run_flags(tmp_path, "--train_file", str(tmp_path / "train.txt")))
     with pytest.raises(ValueError, match="either --train_file .* or --dataset_name"):
         parse_args(run_flags(tmp_path))
@@ -224,3 +224,22 @@ def test_compute_metrics_reads_logits():
     assert compute(EvalPrediction(predictions=logits, label_ids=np.array([0, 2, 2]))) == pytest.approx(
         {"accuracy": 2 / 3, "macro_f1": (1 + 0 + 2 / 3) / 3}
     )
+
+
+def test_rows_without_a_label_and_validation_file_without_train_file(tmp_path):
+    train = reviews(12, 0).astype({"sentiment": object})
+    train.loc[3, "sentiment"] = ""
+    with pytest.raises(ValueError, match=r"--label_column_name 'sentiment': --train_file .* has rows without a label"):
+        splits_of(run_flags(tmp_path, *data_flags(tmp_path, ".csv", train)))
+    with pytest.raises(ValueError, match="--validation_file goes with --train_file"):
+        parse_args(run_flags(tmp_path, "--dataset_name", "x", "--validation_file", str(tmp_path / "dev.csv")))
+
+
+def test_active_learning_on_the_text_recipe(tmp_path):
+    from tasks.active import main as active_main
+
+    argv = run_flags(tmp_path, *data_flags(tmp_path, ".csv"), "--max_steps", "2")
+    record = active_main(["--recipe", "text", *argv, "--initial_labels", "9", "--query_size", "6", "--rounds", "1"])
+    assert record["labels"] == [9, 15] and len(record["acquired"][0]) == 6
+    assert record["dataset_name"] == str(tmp_path / "train.csv") and record["pool_size"] == 48
+    assert (tmp_path / "out" / "active.json").is_file()
