@@ -294,3 +294,18 @@ def test_cola_reports_matthews_correlation_end_to_end(glue_dir, tmp_path):
     assert -1.0 <= metrics["eval_matthews_correlation"] <= 1.0
     assert "eval_accuracy" not in metrics  # CoLA's official metric only
     assert math.isfinite(metrics["eval_loss"]) and metrics["train_runtime"] > 0
+
+
+def test_mnli_evaluates_matched_and_mismatched_end_to_end(tmp_path, capsys):
+    folder = tmp_path / "glue" / "MNLI"
+    folder.mkdir(parents=True)
+    labels = ("entailment", "neutral", "contradiction")
+    for name, rows in (("train.tsv", 24), ("dev_matched.tsv", 9), ("dev_mismatched.tsv", 6)):
+        lines = [f"premise {i} {name}\thypothesis {i}\t{labels[i % 3]}" for i in range(rows)]
+        (folder / name).write_text("\n".join(["sentence1\tsentence2\tgold_label", *lines]) + "\n", encoding="utf-8")
+    record = _run_tiny(tmp_path / "glue", tmp_path / "out", "--task_name", "mnli")
+    assert record["train_steps"] == 3  # 24 samples / batch 8
+    assert {"eval_accuracy", "eval_mismatched_accuracy", "eval_mismatched_loss"} <= set(record)
+    assert record["eval_accuracy"] * 9 == pytest.approx(round(record["eval_accuracy"] * 9))  # the matched split
+    assert record["eval_mismatched_accuracy"] * 6 == pytest.approx(round(record["eval_mismatched_accuracy"] * 6))
+    assert "GLUE mnli: eval_accuracy=" in (line := capsys.readouterr().out) and ", eval_mismatched_accuracy=" in line
