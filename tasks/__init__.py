@@ -1,2 +1,2 @@
-"""Recipes built on hf_margin (GLUE, images, plots) and the benchmarks (`tasks.bench`). Never imported by the
-library."""
+"""Recipes built on hf_margin (text, GLUE, images, active learning, plots; `tasks.recipe` is their shared skeleton)
+and the benchmarks (`tasks.bench`). Never imported by the library."""

@@ -1,5 +1,5 @@
 """
-Pool-based active learning: `python -m tasks.active --recipe {image,glue} ...`.
+Pool-based active learning: `python -m tasks.active --recipe {image,glue,text} ...`.
 
 Start from a seeded random labelled set of `--initial_labels` samples of the train split (the pool); then,
 each round, train a model on the labelled set with the usual recipe, evaluate it, and move the `--query_size`
@@ -8,9 +8,10 @@ pool into the labelled set. After `--rounds` acquisitions the model has been tra
 `initial_labels + r * query_size` labels in round r. Writes `<output_dir>/active.json` (accuracy vs number of
 labels, the acquired indices of every round) and `<output_dir>/active.png`.
 
-The data and the model come from the recipes themselves: `--recipe image` takes every `tasks.image` flag
-(`--dataset_name`, `--model_name_or_path`, `--max_train_samples` for the pool size, ...) and trains with its
-`ImageTrainer`; `--recipe glue` takes every `tasks.glue` flag (`--task_name`, `--data_dir`, ...). Every
+The data and the model come from the recipes themselves (`tasks.recipe.Recipe`): `--recipe image` takes every
+`tasks.image` flag (`--dataset_name`, `--model_name_or_path`, `--max_train_samples` for the pool size, ...) and
+trains with its `ImageTrainer`; `--recipe glue` takes every `tasks.glue` flag (`--task_name`, `--data_dir`, ...),
+`--recipe text` every `tasks.text` flag (`--train_file`, `--text_column_names`, ...). Every
 `MarginTrainingArguments` flag applies to each round's training (`--num_train_epochs`, `--learning_rate`,
 margin selection, ...); `--train_sample_epochs` (image) sets each round's steps from its own labelled set.
 `--schedule` presets are for full-data training and are refused here: give the optimiser flags explicitly.
@@ -33,22 +34,22 @@ python -m tasks.active --recipe image --dataset_name fashion_mnist --max_train_s
 from __future__ import annotations
 
 import copy
+import importlib
 import json
-import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from transformers import AutoTokenizer, DataCollatorWithPadding, HfArgumentParser, Trainer, set_seed
+from transformers import set_seed
 
-from hf_margin import RANKING_CRITERIA, MarginTrainer, MarginTrainingArguments, select_for_labelling
+from hf_margin import RANKING_CRITERIA, MarginTrainingArguments, select_for_labelling
+from tasks.recipe import Recipe, RecipeData, recipe_parser
 
-RECIPES = ("image", "glue")
+RECIPES = ("image", "glue", "text")  # modules tasks.<name>, each with its RECIPE
 ROUND_STARTS = ("initial", "continue")
 
 
@@ -97,126 +98,44 @@ class ActiveArguments:
         return self.initial_labels + self.rounds * self.query_size
 
 
+def recipe_named(name: str) -> Recipe:
+    """The `RECIPE` of `tasks.<name>` (imported only when asked for: each pulls in its own stack)."""
+    if name not in RECIPES:
+        raise ValueError(f"--recipe must be one of {RECIPES}, got {name!r}.")
+    return importlib.import_module(f"tasks.{name}").RECIPE
+
+
 @dataclass
 class ActiveTask:
     """
-    What the loop needs from a recipe.
-
-    Attributes:
-        train: the pool, labelled, as the recipe trains on it (augmentation included).
-        scoring: the same samples in the same order, as they are scored (no augmentation).
-        eval: the eval split.
-        build_model: a fresh model, initialised from the current torch seed.
-        make_trainer: `(model, args, train_subset) -> Trainer` with the recipe's collator and metrics.
-        subset: `(dataset, indices) -> dataset` restricted to `indices`.
-        description: the data and model, for the record.
+    A recipe with its arguments and loaded data: the pool is `data.train`, scored as `recipe.scoring_dataset`
+    gives it (no augmentation), and every round trains `recipe.make_trainer` on its labelled part.
     """
 
-    train: Any
-    scoring: Any
-    eval: Any
-    build_model: Callable[[], nn.Module]
-    make_trainer: Callable[[nn.Module, MarginTrainingArguments, Any], Trainer]
-    subset: Callable[[Any, Sequence[int]], Any]
-    description: dict[str, Any]
+    recipe: Recipe
+    args: Any
+    data: RecipeData
 
 
-def image_task(image_args: Any, training_args: MarginTrainingArguments) -> ActiveTask:
-    """The `tasks.image` recipe's data, model and `ImageTrainer`; the pool is its train split."""
-    from tasks.image import ImageTrainer, _model_input_spec, build_model, compute_accuracy, is_checkpoint, load_splits
-    from tasks.image import steps_per_sample_epoch as sample_epoch_steps
-    from tasks.image_data import TensorImageDataset
-
-    if image_args.schedule != "none":
+def load_task(recipe: Recipe, recipe_args: Any, training_args: MarginTrainingArguments) -> ActiveTask:
+    """The recipe's refusals, then its data; full-data presets and regression targets are refused here."""
+    if getattr(recipe_args, "schedule", "none") != "none":
         raise ValueError(
-            f"schedule={image_args.schedule!r}: the presets are full-data recipes; give the optimiser and "
+            f"schedule={recipe_args.schedule!r}: the presets are full-data recipes; give the optimiser and "
             "--train_sample_epochs flags explicitly for the small labelled sets of active learning."
         )
-    splits = load_splits(image_args)
-    model_kwargs = json.loads(image_args.model_kwargs) if image_args.model_kwargs else None
-    train, evaluation = splits.train, splits.eval
-    channels = train.num_channels
-
-    def new_model() -> nn.Module:
-        return build_model(image_args.model_name_or_path, splits.label_names, channels, model_kwargs)
-
-    if is_checkpoint(image_args.model_name_or_path):
-        # A pretrained model sees its own channel count and normalisation, as in tasks.image.
-        in_chans, mean, std = _model_input_spec(new_model())
-        train, evaluation = (d.with_channels(in_chans).with_normalization(mean, std) for d in (train, evaluation))
-    scoring = TensorImageDataset(
-        train.images, train.labels, train.mean.flatten().tolist(), train.std.flatten().tolist(), "none"
-    )
-
-    def make_trainer(model: nn.Module, args: MarginTrainingArguments, labelled: Any) -> Trainer:
-        if image_args.train_sample_epochs is not None:
-            # e.g. 20 sample epochs of 300 labels at batch 32: 20 x ceil(300 / 32) = 200 optimizer steps
-            args.max_steps = math.ceil(image_args.train_sample_epochs * sample_epoch_steps(len(labelled), args))
-        return ImageTrainer(
-            model=model,
-            args=args,
-            train_dataset=labelled,
-            eval_dataset=evaluation,
-            compute_metrics=compute_accuracy,
-            lr_schedule=image_args.step_schedule(),
-        )
-
-    description = {
-        "dataset_name": image_args.dataset_name,
-        "model_name_or_path": image_args.model_name_or_path,
-        "model_kwargs": model_kwargs,
-        "source": splits.source,
-    }
-    return ActiveTask(
-        train,
-        scoring,
-        evaluation,
-        new_model,
-        make_trainer,
-        lambda ds, idx: torch.utils.data.Subset(ds, idx),
-        description,
-    )
+    recipe.check(recipe_args, training_args)
+    data = recipe.load_data(recipe_args, training_args)
+    if not data.label_names:
+        raise ValueError(f"{data.title} is a regression task: active learning by class scores needs classes.")
+    return ActiveTask(recipe, recipe_args, data)
 
 
-def glue_task(glue_args: Any, training_args: MarginTrainingArguments) -> ActiveTask:
-    """The `tasks.glue` recipe's data, tokenizer, model and metrics; the pool is its train split."""
-    from tasks.glue import GLUE_TASKS, build_model, check_margin_supported, load_glue, tokenize_glue
-    from tasks.glue_metrics import make_compute_metrics
-
-    task = GLUE_TASKS[glue_args.task_name]
-    if task.is_regression:
-        raise ValueError(
-            f"task_name={task.name!r} is a regression task: active learning by class scores needs classes."
-        )
-    check_margin_supported(task, training_args)
-    tokenizer = AutoTokenizer.from_pretrained(glue_args.model_name_or_path)
-    encoded = tokenize_glue(load_glue(task, glue_args), task, tokenizer, glue_args.max_seq_length)
-    collator = DataCollatorWithPadding(
-        tokenizer, pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None
-    )
-    evaluation = encoded[task.eval_splits[0][0]]
-
-    def make_trainer(model: nn.Module, args: MarginTrainingArguments, labelled: Any) -> Trainer:
-        return MarginTrainer(
-            model=model,
-            args=args,
-            train_dataset=labelled,
-            eval_dataset=evaluation,
-            data_collator=collator,
-            processing_class=tokenizer,
-            compute_metrics=make_compute_metrics(task.name),
-        )
-
-    description = {"task_name": task.name, "model_name_or_path": glue_args.model_name_or_path}
-    return ActiveTask(
-        encoded["train"],
-        encoded["train"],
-        evaluation,
-        lambda: build_model(task, glue_args),
-        make_trainer,
-        lambda ds, idx: ds.select(list(idx)),
-        description,
-    )
+def labelled_subset(dataset: Any, indices: Sequence[int]) -> Any:
+    """`dataset` restricted to `indices`: `datasets.Dataset.select`, or a `torch.utils.data.Subset`."""
+    if hasattr(dataset, "select"):
+        return dataset.select(list(indices))
+    return torch.utils.data.Subset(dataset, list(indices))
 
 
 def initial_labelled(pool_size: int, count: int, seed: int) -> np.ndarray:
@@ -234,7 +153,8 @@ def run_active_learning(
         The record written to `active.json`: `labels` and `accuracy` per round (`active.metric`), every
         round's eval metrics, the initial and acquired pool indices, and the settings.
     """
-    pool_size = len(task.train)
+    recipe = task.recipe
+    pool_size = len(task.data.train)
     if active.labels_needed > pool_size:
         raise ValueError(
             f"initial_labels + rounds x query_size = {active.labels_needed} exceeds the pool of {pool_size} samples."
@@ -245,14 +165,16 @@ def run_active_learning(
     labels, scores, metrics = [], [], []
     set_seed(seed)
     initial_state = None
-    model = task.build_model()
+    model = recipe.build_model(task.args, task.data)
+    data = recipe.fit_data_to_model(task.args, task.data, model)
+    scoring = recipe.scoring_dataset(data)
     if active.round_start == "initial":
         initial_state = copy.deepcopy(model.state_dict())
     for round_index in range(active.rounds + 1):
         if initial_state is not None and round_index > 0:
             model.load_state_dict(initial_state)  # every round from the same initial weights
         args = copy.deepcopy(training_args)
-        trainer = task.make_trainer(model, args, task.subset(task.train, labelled.tolist()))
+        trainer = recipe.make_trainer(task.args, args, model, data, labelled_subset(data.train, labelled.tolist()))
         trainer.train()
         round_metrics = trainer.evaluate()
         if active.metric not in round_metrics:
@@ -265,7 +187,7 @@ def run_active_learning(
         unlabeled = np.setdiff1d(np.arange(pool_size), labelled)
         chosen = select_for_labelling(
             trainer,
-            task.subset(task.scoring, unlabeled.tolist()),
+            labelled_subset(scoring, unlabeled.tolist()),
             active.query_size,
             criterion=active.criterion,
             seed=seed * 1000 + round_index,  # the random control draws afresh each round
@@ -278,10 +200,10 @@ def run_active_learning(
 
     record = {
         **asdict(active),
-        **task.description,
+        **data.description,
         "seed": seed,
         "pool_size": pool_size,
-        "eval_size": len(task.eval),
+        "eval_size": len(data.eval),
         "labels": labels,
         "accuracy": scores,
         "metrics": metrics,
@@ -330,30 +252,21 @@ def plot_learning_curves(
 
 def parse_args(argv: Sequence[str]) -> tuple[ActiveArguments, Any, MarginTrainingArguments]:
     """`--recipe` picks the recipe's argument dataclass; then all three parse from one command line."""
-    from tasks.glue import GlueTaskArguments
-    from tasks.image import ImageArguments
-
     recipe = next((argv[i + 1] for i, tok in enumerate(argv[:-1]) if tok == "--recipe"), None)
     recipe = recipe or next((tok.split("=", 1)[1] for tok in argv if tok.startswith("--recipe=")), None)
-    if recipe not in RECIPES:
-        raise ValueError(f"--recipe must be one of {RECIPES}, got {recipe!r}.")
-    recipe_arguments = ImageArguments if recipe == "image" else GlueTaskArguments
-    parser = HfArgumentParser(
-        (ActiveArguments, recipe_arguments, MarginTrainingArguments), prog="python -m tasks.active"
+    parser = recipe_parser(
+        (ActiveArguments, recipe_named(recipe).arguments, MarginTrainingArguments), "python -m tasks.active", __doc__
     )
     return parser.parse_args_into_dataclasses(args=list(argv), look_for_args_file=False)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Parse the command line, build the recipe's task and run the loop; returns the `active.json` record."""
+    """Parse the command line, load the recipe's data and run the loop; returns the `active.json` record."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        print(__doc__)
-        if not any(tok.startswith("--recipe") for tok in argv):
-            argv = ["--recipe", "image", *argv]
+    if ("-h" in argv or "--help" in argv) and not any(tok.startswith("--recipe") for tok in argv):
+        argv = ["--recipe", "image", *argv]  # the help of the image recipe's flags
     active, recipe_args, training_args = parse_args(argv)
-    build = image_task if active.recipe == "image" else glue_task
-    task = build(recipe_args, training_args)
+    task = load_task(recipe_named(active.recipe), recipe_args, training_args)
     return run_active_learning(active, task, training_args)
 
 

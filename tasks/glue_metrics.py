@@ -11,6 +11,7 @@ functions, with the key names of the Hub `glue` metric (`accuracy`, `f1`, `matth
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -94,14 +95,15 @@ def glue_metrics(task_name: str, predictions: ArrayLike, references: ArrayLike) 
     return {name: _METRIC_FUNCTIONS[name](predictions, references) for name in GLUE_METRIC_NAMES[task_name]}
 
 
-def make_compute_metrics(task_name: str) -> Callable[[Any], dict[str, float]]:
+def compute_metrics_from_logits(
+    metrics: Callable[[np.ndarray, np.ndarray], dict[str, float]], is_regression: bool = False
+) -> Callable[[Any], dict[str, float]]:
     """
-    A `compute_metrics` for [`~transformers.Trainer`]: logits -> predictions -> `glue_metrics(task_name, ...)`.
+    A `compute_metrics` for [`~transformers.Trainer`]: logits -> predictions -> `metrics(predictions, references)`.
 
-    Classification logits `[N, C]` become class ids by argmax; a regression head's `[N, 1]` output (STS-B)
-    is used as the score itself.
+    Classification logits `[N, C]` become class ids by argmax; with `is_regression`, a head's `[N, 1]` output
+    (STS-B) is used as the score itself.
     """
-    is_regression = GLUE_METRIC_NAMES.get(task_name) == ("pearson", "spearmanr")
 
     def compute_metrics(eval_prediction: Any) -> dict[str, float]:
         logits = eval_prediction.predictions
@@ -109,6 +111,12 @@ def make_compute_metrics(task_name: str) -> Callable[[Any], dict[str, float]]:
             logits = logits[0]
         logits = np.asarray(logits)
         predictions = logits.reshape(-1) if is_regression else logits.argmax(axis=-1)
-        return glue_metrics(task_name, predictions, np.asarray(eval_prediction.label_ids))
+        return metrics(predictions, np.asarray(eval_prediction.label_ids))
 
     return compute_metrics
+
+
+def make_compute_metrics(task_name: str) -> Callable[[Any], dict[str, float]]:
+    """A `compute_metrics` for [`~transformers.Trainer`] that reports `glue_metrics(task_name, ...)`."""
+    is_regression = GLUE_METRIC_NAMES.get(task_name) == ("pearson", "spearmanr")
+    return compute_metrics_from_logits(partial(glue_metrics, task_name), is_regression)

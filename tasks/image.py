@@ -49,35 +49,24 @@ import math
 import sys
 from bisect import bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import timm
 import torch
-from transformers import (
-    EvalPrediction,
-    HfArgumentParser,
-    PrinterCallback,
-    ProgressCallback,
-    TimmWrapperConfig,
-    TimmWrapperForImageClassification,
-    TrainerCallback,
-    TrainingArguments,
-    set_seed,
-)
+from transformers import TimmWrapperConfig, TimmWrapperForImageClassification, TrainingArguments
 
 import tasks.cifar_models  # noqa: F401  (registers the CIFAR architectures in timm)
 from hf_margin import MarginTrainer, MarginTrainingArguments
-from tasks.common import describe_settings, write_run_metrics
-from tasks.image_data import AUGMENTATIONS, load_image_splits
+from tasks.common import describe_settings
+from tasks.glue_metrics import accuracy, compute_metrics_from_logits
+from tasks.image_data import AUGMENTATIONS, TensorImageDataset, load_image_splits
+from tasks.recipe import Recipe, RecipeData
 
 logger = logging.getLogger(__name__)
 
 LR_DROP_UNITS = ("fraction", "epoch", "sample_epoch", "step")
-# The Trainer's default of 8 makes evaluation of small images needlessly slow; a flag given on the command line wins.
-EVAL_BATCH_SIZE = 256
 
 _SGD = {"optim": "sgd", "optim_args": "momentum=0.9", "learning_rate": 0.1, "lr_scheduler_type": "constant"}
 SCHEDULE_PRESETS: dict[str, dict[str, Any]] = {
@@ -233,6 +222,11 @@ class ImageArguments:
             if not isinstance(kwargs, dict):
                 raise ValueError(f"model_kwargs must be a JSON object, got {self.model_kwargs!r}.")
 
+    @property
+    def parsed_model_kwargs(self) -> dict[str, Any] | None:
+        """`model_kwargs` as a dict (None when not given)."""
+        return json.loads(self.model_kwargs) if self.model_kwargs else None
+
     def step_schedule(self) -> StepSchedule | None:
         """The step schedule described by `lr_drops`, `lr_drop_unit`, `lr_drop_factor`; None without drops."""
         if self.lr_drops is None:
@@ -368,10 +362,8 @@ class ImageTrainer(MarginTrainer):
         return self.lr_scheduler
 
 
-def compute_accuracy(eval_pred: EvalPrediction) -> dict[str, float]:
-    """Top-1 accuracy from the eval logits `[N, C]` and labels `[N]`."""
-    logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-    return {"accuracy": float(np.mean(np.argmax(logits, axis=-1) == eval_pred.label_ids))}
+# top-1 accuracy from the eval logits [N, C] and labels [N]
+compute_accuracy = compute_metrics_from_logits(lambda predictions, labels: {"accuracy": accuracy(predictions, labels)})
 
 
 def is_checkpoint(name_or_path: str) -> bool:
@@ -431,7 +423,7 @@ def build_model(
     return model
 
 
-def _model_input_spec(model: TimmWrapperForImageClassification) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+def model_input_spec(model: TimmWrapperForImageClassification) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
     """Channels, mean and std a pretrained model expects (timm's `pretrained_cfg`, `model_args` first)."""
     cfg = getattr(model.timm_model, "pretrained_cfg", None) or {}
     in_chans = (model.config.model_args or {}).get("in_chans") or cfg.get("input_size", (3,))[0]
@@ -446,124 +438,126 @@ def _explicit_flags(argv: Sequence[str]) -> set[str]:
     return {tok[2:].split("=", 1)[0].replace("-", "_") for tok in argv if tok.startswith("--")}
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[ImageArguments, MarginTrainingArguments]:
+class ImageRecipe(Recipe):
     """
-    Parse `ImageArguments` and `MarginTrainingArguments`. A `--schedule` preset is spliced in front of
-    the command line, so every flag given explicitly overrides it; an explicit `--max_steps` or
-    `--num_train_epochs` also replaces the preset's `train_sample_epochs`. `per_device_eval_batch_size`
-    defaults to `EVAL_BATCH_SIZE` (256) instead of the Trainer's 8.
+    Images: decoded tensor splits, a timm model ([`build_model`]), [`ImageTrainer`] with its step schedules,
+    and the `--schedule` presets applied as defaults of the command line.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    explicit = _explicit_flags(argv)
-    pre_parser = argparse.ArgumentParser(add_help=False)
-    pre_parser.add_argument("--schedule", default="none")
-    schedule = pre_parser.parse_known_args(argv)[0].schedule
-    preset = dict(SCHEDULE_PRESETS.get(schedule, {}))
-    if explicit & {"max_steps", "num_train_epochs", "train_sample_epochs"}:
-        preset.pop("train_sample_epochs", None)
-    if "lr_drops" in explicit and "lr_scheduler_type" not in explicit:
-        preset["lr_scheduler_type"] = "constant"  # the step schedule replaces the Trainer's scheduler
-    defaults = [tok for key, value in preset.items() if key not in explicit for tok in (f"--{key}", str(value))]
-    parser = HfArgumentParser((ImageArguments, MarginTrainingArguments))
-    parser.set_defaults(per_device_eval_batch_size=EVAL_BATCH_SIZE)
-    image_args, training_args = parser.parse_args_into_dataclasses(args=defaults + argv)
-    if "log_timing" not in explicit:
-        training_args.log_timing = True  # recipes record train_seconds: the time axis of their plots and benchmarks
-    if image_args.lr_drops is not None and training_args.lr_scheduler_type != "constant":
-        raise ValueError(
-            f"lr_drops sets a step schedule, which replaces lr_scheduler_type={training_args.lr_scheduler_type!r}; "
-            "drop --lr_scheduler_type or set it to 'constant'."
+
+    prog = "python -m tasks.image"
+    description = __doc__
+    arguments = ImageArguments
+    # the Trainer's default of 8 makes evaluation of small images needlessly slow
+    eval_batch_size = 256
+    trainer_class = ImageTrainer
+
+    def parse_args(self, argv: Sequence[str] | None = None) -> tuple[ImageArguments, MarginTrainingArguments]:
+        """
+        A `--schedule` preset is spliced in front of the command line, so every flag given explicitly overrides it;
+        an explicit `--max_steps` or `--num_train_epochs` also replaces the preset's `train_sample_epochs`.
+        """
+        argv = list(sys.argv[1:] if argv is None else argv)
+        explicit = _explicit_flags(argv)
+        pre_parser = argparse.ArgumentParser(add_help=False)
+        pre_parser.add_argument("--schedule", default="none")
+        schedule = pre_parser.parse_known_args(argv)[0].schedule
+        preset = dict(SCHEDULE_PRESETS.get(schedule, {}))
+        if explicit & {"max_steps", "num_train_epochs", "train_sample_epochs"}:
+            preset.pop("train_sample_epochs", None)
+        if "lr_drops" in explicit and "lr_scheduler_type" not in explicit:
+            preset["lr_scheduler_type"] = "constant"  # the step schedule replaces the Trainer's scheduler
+        defaults = [tok for key, value in preset.items() if key not in explicit for tok in (f"--{key}", str(value))]
+        image_args, training_args = super().parse_args(defaults + argv)
+        if image_args.lr_drops is not None and training_args.lr_scheduler_type != "constant":
+            raise ValueError(
+                f"lr_drops sets a step schedule, which replaces lr_scheduler_type={training_args.lr_scheduler_type!r}"
+                "; drop --lr_scheduler_type or set it to 'constant'."
+            )
+        return image_args, training_args
+
+    def load_data(self, args: ImageArguments, training_args: MarginTrainingArguments) -> RecipeData:
+        splits = load_image_splits(
+            args.dataset_name,
+            data_dir=args.data_dir,
+            config_name=args.dataset_config_name,
+            max_train_samples=args.max_train_samples,
+            max_eval_samples=args.max_eval_samples,
+            image_size=args.image_size,
+            augmentation=args.augmentation,
+            crop_padding=args.crop_padding,
+            subset_seed=args.subset_seed,
         )
-    return image_args, training_args
+        train, evaluation = splits.train, splits.eval
+        sizes = (len(train), len(evaluation), (train.num_channels, *train.image_size), splits.num_labels)
+        logger.info(
+            "%s from %s: %d train / %d eval images of %s, %d classes", args.dataset_name, splits.source, *sizes
+        )
+        return RecipeData(
+            train=train,
+            evals={"eval": evaluation},
+            label_names=tuple(splits.label_names),
+            compute_metrics=compute_accuracy,
+            metric_names=("accuracy",),
+            title=f"tasks.image: {args.dataset_name} ({len(train)} train / {len(evaluation)} eval), "
+            f"{args.model_name_or_path}",
+            trainer_kwargs={"lr_schedule": args.step_schedule()},
+            description={
+                "dataset_name": args.dataset_name,
+                "model_name_or_path": args.model_name_or_path,
+                "model_kwargs": args.parsed_model_kwargs,
+                "source": splits.source,
+            },
+        )
 
+    def build_model(self, args: ImageArguments, data: RecipeData) -> TimmWrapperForImageClassification:
+        return build_model(
+            args.model_name_or_path, data.label_names, data.train.num_channels, args.parsed_model_kwargs
+        )
 
-def load_splits(image_args: ImageArguments):
-    """The train and eval splits that `image_args` describe, decoded once (`image_data.load_image_splits`)."""
-    return load_image_splits(
-        image_args.dataset_name,
-        data_dir=image_args.data_dir,
-        config_name=image_args.dataset_config_name,
-        max_train_samples=image_args.max_train_samples,
-        max_eval_samples=image_args.max_eval_samples,
-        image_size=image_args.image_size,
-        augmentation=image_args.augmentation,
-        crop_padding=image_args.crop_padding,
-        subset_seed=image_args.subset_seed,
-    )
-
-
-def main(argv: Sequence[str] | None = None, progress: TrainerCallback | None = None) -> dict[str, Any]:
-    """
-    Run the recipe: load and decode the data, build the model, train, evaluate, write `metrics.json`.
-
-    Args:
-        argv (`Sequence[str]`, *optional*): command-line flags; `sys.argv[1:]` when None.
-        progress (`TrainerCallback`, *optional*): shows the run's progress instead of the Trainer's own
-            progress bar or printed log dicts (the demo's one line per evaluation).
-
-    Returns:
-        The metrics record written to `<output_dir>/metrics.json`.
-    """
-    image_args, training_args = parse_args(argv)
-    splits = load_splits(image_args)
-    train_dataset, eval_dataset = splits.train, splits.eval
-    logger.info(
-        "%s from %s: %d train / %d eval images of %s, %d classes",
-        image_args.dataset_name,
-        splits.source,
-        len(train_dataset),
-        len(eval_dataset),
-        (train_dataset.num_channels, *train_dataset.image_size),
-        splits.num_labels,
-    )
-
-    set_seed(training_args.seed)  # the model's random init, before the Trainer seeds again
-    model_kwargs = json.loads(image_args.model_kwargs) if image_args.model_kwargs else None
-    model = build_model(image_args.model_name_or_path, splits.label_names, train_dataset.num_channels, model_kwargs)
-    if is_checkpoint(image_args.model_name_or_path):
+    def fit_data_to_model(
+        self, args: ImageArguments, data: RecipeData, model: TimmWrapperForImageClassification
+    ) -> RecipeData:
+        if not is_checkpoint(args.model_name_or_path):
+            return data
         # A pretrained model sees inputs as it was trained: its channel count and normalisation.
-        in_chans, mean, std = _model_input_spec(model)
-        train_dataset, eval_dataset = (
-            d.with_channels(in_chans).with_normalization(mean, std) for d in (train_dataset, eval_dataset)
+        in_chans, mean, std = model_input_spec(model)
+
+        def fit(dataset: TensorImageDataset) -> TensorImageDataset:
+            return dataset.with_channels(in_chans).with_normalization(mean, std)
+
+        return replace(data, train=fit(data.train), evals={prefix: fit(ds) for prefix, ds in data.evals.items()})
+
+    def scoring_dataset(self, data: RecipeData) -> TensorImageDataset:
+        return data.train.without_augmentation()
+
+    def configure_training(
+        self, args: ImageArguments, training_args: MarginTrainingArguments, train_dataset: Any
+    ) -> None:
+        if args.train_sample_epochs is not None:
+            # e.g. 40 sample epochs x ceil(50,000 / 64) = 40 x 782 = 31,280 optimizer steps, with or without selection
+            per_epoch = steps_per_sample_epoch(len(train_dataset), training_args)
+            training_args.max_steps = math.ceil(args.train_sample_epochs * per_epoch)
+
+    def run_info(self, args: ImageArguments, data: RecipeData, trainer: ImageTrainer) -> dict[str, Any]:
+        return {
+            "dataset_name": args.dataset_name,
+            "model_name_or_path": args.model_name_or_path,
+            "schedule": args.schedule,
+            "lr_milestones": trainer.lr_milestones,
+            "train_samples": len(data.train),
+            "eval_samples": len(data.eval),
+        }
+
+    def summary(self, data: RecipeData, record: dict[str, Any], output_dir: str) -> str:
+        return (
+            f"{data.title}, {describe_settings(record)}: {self.scores(data, record)} after {record['train_steps']} "
+            f"steps, {record['train_seconds']:.1f} s training (evaluation excluded)"
         )
 
-    if image_args.train_sample_epochs is not None:
-        # e.g. 40 sample epochs x ceil(50,000 / 64) = 40 x 782 = 31,280 optimizer steps, with or without selection
-        per_epoch = steps_per_sample_epoch(len(train_dataset), training_args)
-        training_args.max_steps = math.ceil(image_args.train_sample_epochs * per_epoch)
 
-    trainer = ImageTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        compute_metrics=compute_accuracy,
-        lr_schedule=image_args.step_schedule(),
-    )
-    if progress is not None:
-        trainer.remove_callback(ProgressCallback)
-        trainer.remove_callback(PrinterCallback)
-        trainer.add_callback(progress)
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    eval_metrics = trainer.evaluate()
-    run_info = {
-        "dataset_name": image_args.dataset_name,
-        "model_name_or_path": image_args.model_name_or_path,
-        "schedule": image_args.schedule,
-        "lr_milestones": trainer.lr_milestones,
-        "train_samples": len(train_dataset),
-        "eval_samples": len(eval_dataset),
-    }
-    record = write_run_metrics(trainer, train_result.metrics, {**eval_metrics, **run_info})
-    if trainer.is_world_process_zero():
-        print(
-            f"tasks.image: {image_args.dataset_name} ({len(train_dataset)} train / {len(eval_dataset)} eval), "
-            f"{image_args.model_name_or_path}, {describe_settings(record)}: "
-            f"eval_accuracy={record['eval_accuracy']:.4f} after {record['train_steps']} steps, "
-            f"{record['train_seconds']:.1f} s training (evaluation excluded)"
-        )
-    return record
-
+RECIPE = ImageRecipe()
+main = RECIPE.main
+parse_args = RECIPE.parse_args
 
 if __name__ == "__main__":
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)

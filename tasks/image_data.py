@@ -205,6 +205,17 @@ class TensorImageDataset(Dataset):
         """The same split normalised with other statistics (e.g. a pretrained model's)."""
         return TensorImageDataset(self.images, self.labels, mean, std, self.augmentation, self.crop_padding)
 
+    def without_augmentation(self) -> TensorImageDataset:
+        """The same split as it is evaluated or scored: normalised, never augmented."""
+        return TensorImageDataset(
+            self.images,
+            self.labels,
+            self.mean.flatten().tolist(),
+            self.std.flatten().tolist(),
+            "none",
+            self.crop_padding,
+        )
+
 
 @dataclass
 class ImageSplits:

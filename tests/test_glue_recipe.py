@@ -20,7 +20,6 @@ from transformers import EvalPrediction
 from tasks.glue import (
     GLUE_TASKS,
     GlueTaskArguments,
-    build_model,
     carve_train_from_dev,
     load_glue,
     load_local_glue,
@@ -39,6 +38,7 @@ from tasks.glue_metrics import (
     spearman,
 )
 from tasks.paths import SHARED_DATA
+from tasks.text import build_text_model
 
 # CI checks out ../shared beside the repository.
 GLUE_DIR = SHARED_DATA / "glue"
@@ -215,12 +215,13 @@ def test_make_compute_metrics_argmax_and_regression():
 
 
 def test_build_model_tiny_random_bert_and_unknown_override():
-    model = build_model(GLUE_TASKS["mnli"], GlueTaskArguments(task_name="mnli", random_init_config=TINY_BERT))
+    mnli = GLUE_TASKS["mnli"]
+    model = build_text_model(GlueTaskArguments(task_name="mnli", random_init_config=TINY_BERT), mnli.label_names)
     assert (model.config.hidden_size, model.config.num_hidden_layers, model.config.vocab_size) == (32, 2, 30522)
     assert model.classifier.out_features == 3
     assert model.config.id2label == {0: "entailment", 1: "neutral", 2: "contradiction"}
     with pytest.raises(ValueError, match="hiden_size"):
-        build_model(GLUE_TASKS["rte"], GlueTaskArguments(task_name="rte", random_init_config='{"hiden_size": 32}'))
+        build_text_model(GlueTaskArguments(task_name="rte", random_init_config='{"hiden_size": 32}'), ("a", "b"))
 
 
 @pytest.mark.parametrize(
@@ -293,3 +294,18 @@ def test_cola_reports_matthews_correlation_end_to_end(glue_dir, tmp_path):
     assert -1.0 <= metrics["eval_matthews_correlation"] <= 1.0
     assert "eval_accuracy" not in metrics  # CoLA's official metric only
     assert math.isfinite(metrics["eval_loss"]) and metrics["train_runtime"] > 0
+
+
+def test_mnli_evaluates_matched_and_mismatched_end_to_end(tmp_path, capsys):
+    folder = tmp_path / "glue" / "MNLI"
+    folder.mkdir(parents=True)
+    labels = ("entailment", "neutral", "contradiction")
+    for name, rows in (("train.tsv", 24), ("dev_matched.tsv", 9), ("dev_mismatched.tsv", 6)):
+        lines = [f"premise {i} {name}\thypothesis {i}\t{labels[i % 3]}" for i in range(rows)]
+        (folder / name).write_text("\n".join(["sentence1\tsentence2\tgold_label", *lines]) + "\n", encoding="utf-8")
+    record = _run_tiny(tmp_path / "glue", tmp_path / "out", "--task_name", "mnli")
+    assert record["train_steps"] == 3  # 24 samples / batch 8
+    assert {"eval_accuracy", "eval_mismatched_accuracy", "eval_mismatched_loss"} <= set(record)
+    assert record["eval_accuracy"] * 9 == pytest.approx(round(record["eval_accuracy"] * 9))  # the matched split
+    assert record["eval_mismatched_accuracy"] * 6 == pytest.approx(round(record["eval_mismatched_accuracy"] * 6))
+    assert "GLUE mnli: eval_accuracy=" in (line := capsys.readouterr().out) and ", eval_mismatched_accuracy=" in line

@@ -359,19 +359,19 @@ def test_benchmark_summary_pairs_seeds(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("round_start", ["initial", "continue"])
-def test_round_start_initial_restores_the_initial_weights(tmp_path, round_start):
-    from tasks.active import image_task, parse_args, run_active_learning
+def test_round_start_initial_restores_the_initial_weights(tmp_path, monkeypatch, round_start):
+    from tasks.active import load_task, parse_args, recipe_named, run_active_learning
 
     active, image_args, training_args = parse_args(_active_argv(tmp_path, "--round_start", round_start))
-    task = image_task(image_args, training_args)
+    task = load_task(recipe_named("image"), image_args, training_args)
     starts = []
-    make_trainer = task.make_trainer
+    make_trainer = task.recipe.make_trainer
 
-    def recording(model, args, labelled):
+    def recording(args, training_args, model, data, labelled):
         starts.append({k: v.clone() for k, v in model.state_dict().items()})
-        return make_trainer(model, args, labelled)
+        return make_trainer(args, training_args, model, data, labelled)
 
-    task.make_trainer = recording
+    monkeypatch.setattr(task.recipe, "make_trainer", recording)
     run_active_learning(active, task, training_args)
     same = [all(torch.equal(start[k], starts[0][k]) for k in start) for start in starts[1:]]
     assert len(starts) == 3 and same == ([True, True] if round_start == "initial" else [False, False])

@@ -131,7 +131,8 @@ def text_workload(quick: bool, model_path: str | None) -> Workload:
     """Pretrained MiniLM on SST-2 sentences padded to 64 tokens, through the GLUE recipe's loading code."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-    from tasks.glue import GLUE_TASKS, GlueTaskArguments, load_glue, tokenize_glue
+    from tasks.glue import GLUE_TASKS, GlueTaskArguments, load_glue
+    from tasks.text import tokenize_text
 
     task_args = GlueTaskArguments(
         task_name="sst2",
@@ -141,7 +142,7 @@ def text_workload(quick: bool, model_path: str | None) -> Workload:
     )
     task = GLUE_TASKS["sst2"]
     tokenizer = AutoTokenizer.from_pretrained(task_args.model_name_or_path)
-    data = tokenize_glue(load_glue(task, task_args), task, tokenizer, max_seq_length=64)["train"]
+    data = tokenize_text(load_glue(task, task_args)["train"], task.text_columns, tokenizer, max_seq_length=64)
 
     def make_model():
         torch.manual_seed(0)
