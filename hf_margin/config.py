@@ -178,9 +178,9 @@ class MarginFields:
     pruning_threshold: float | None = field(
         default=None,
         metadata={
-            "help": "pruning_rule='learned': the score past which a visit counts as learned; None takes the "
-            "criterion's own (margin: above 0, classified correctly; loss: below ln 2, the true class more likely "
-            "than all the others together)."
+            "help": "pruning_rule='learned': the value past which a visit finds a sample learned; None takes the "
+            "criterion's own: margin: the true class's logit above the strongest other class's by more than ln 9 "
+            "(nine times as likely); loss: below 0.1 (the true class's probability above 0.9)."
         },
     )
     pruning_learned_visits: int = field(

@@ -28,6 +28,7 @@ from .margin import (
     minimal_margin_scores,
     per_sample_losses,
     signed_margin_scores,
+    true_class_logit_gaps,
 )
 
 # score(logits [B, C], labels=[B] | None, weight=[C, D] | None, losses=[B] | None) -> [B]; `losses` are the per-row
@@ -50,8 +51,10 @@ class Criterion:
             pruning, ranked first for labelling).
         needs_head (`bool`): reads the last linear layer's weight.
         needs_labels (`bool`): reads the labels, so it cannot rank unlabeled data.
-        learned_above / learned_below (`float`, *optional*): the default threshold past which a sample's score says
-            it is learned (at most one of them), for adaptive pruning; neither: the criterion cannot say.
+        learned_above / learned_below (`float`, *optional*): the default threshold past which a sample counts as
+            learned (at most one of them), for adaptive pruning; neither: the criterion cannot say.
+        learned_measure (`Callable`, *optional*): what that threshold is compared with, a function like `score`;
+            None: the score itself.
         vocab_lean (`bool`): computed from `[B, C]` logits without a temporary of their size, so it scores a language
             model's tokens (`C` = the vocabulary) at little cost; a softmax over the classes is not.
         description (`str`): one line for help texts.
@@ -64,6 +67,7 @@ class Criterion:
     needs_labels: bool = False
     learned_above: float | None = None
     learned_below: float | None = None
+    learned_measure: ScoreFunction | None = None
     vocab_lean: bool = False
     description: str = ""
 
@@ -109,13 +113,27 @@ class Criterion:
         """Scores turned so that larger is harder, whatever the criterion's end (NaN stays NaN)."""
         return scores if self.hardest == "largest" else -scores
 
-    def is_learned(self, scores: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
-        """Bool `[B]`: the samples whose score is past the learned threshold (the default unless `threshold`)."""
+    def learned_values(
+        self,
+        scores: torch.Tensor,
+        logits: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        weight: torch.Tensor | None = None,
+        losses: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The `[B]` values the learned threshold is compared with: `learned_measure`'s, or the scores themselves."""
+        if self.learned_measure is None:
+            return scores
+        with torch.no_grad():
+            return self.learned_measure(logits, labels=labels, weight=weight, losses=losses).float()
+
+    def is_learned(self, values: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+        """Bool `[B]`: the samples whose `learned_values` are past the threshold (the default unless `threshold`)."""
         if not self.says_learned:
             raise ValueError(f"criterion {self.name!r} cannot say when a sample is learned.")
         if self.learned_above is not None:
-            return scores > (self.learned_above if threshold is None else threshold)
-        return scores < (self.learned_below if threshold is None else threshold)
+            return values > (self.learned_above if threshold is None else threshold)
+        return values < (self.learned_below if threshold is None else threshold)
 
     @property
     def default_threshold(self) -> float | None:
@@ -206,6 +224,10 @@ def _loss(logits, labels=None, weight=None, losses=None):
     return per_sample_losses(logits, labels) if losses is None else losses
 
 
+def _logit_gap(logits, labels=None, weight=None, losses=None):
+    return true_class_logit_gaps(logits, labels)
+
+
 def _label_free(function: Callable[[torch.Tensor], torch.Tensor]) -> ScoreFunction:
     def score(logits, labels=None, weight=None, losses=None):
         return function(logits)
@@ -228,7 +250,9 @@ for _criterion in (
         "smallest",
         needs_head=True,
         needs_labels=True,
-        learned_above=0.0,  # classified correctly
+        # learned: the true class's logit at least ln 9 above the runner-up's (nine times as likely)
+        learned_above=math.log(9.0),
+        learned_measure=_logit_gap,
         vocab_lean=True,
         description="the signed margin (s_y - max_{j!=y} s_j) / ||w_y - w_j||, negative when misclassified, "
         "smallest first",
@@ -238,7 +262,7 @@ for _criterion in (
         _loss,
         "largest",
         needs_labels=True,
-        learned_below=math.log(2.0),  # p_y > 1/2: classified correctly, and confidently for 3+ classes
+        learned_below=0.1,  # p_y above 0.9
         vocab_lean=True,  # from the training forward's own cross-entropies
         description="the per-sample cross-entropy (hard-negative mining, InfoBatch's score), largest first",
     ),

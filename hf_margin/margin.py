@@ -82,6 +82,30 @@ def signed_margin_scores(logits: torch.Tensor, labels: torch.Tensor, weight: tor
     return (gap / row_distance.clamp_min(_MIN_ROW_DISTANCE)).where(kept, float("nan"))
 
 
+def true_class_logit_gaps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """
+    How far the true class's logit is above the strongest other class's, `s_{y_i} - max_{j != y_i} s_j`: the signed
+    margin before it is divided by the row distance, in the units the softmax reads (a gap of `ln 9` makes the
+    true class nine times as likely as the runner-up). Computed from the top two logits, without a copy of the
+    `[B, C]` logits, in float32.
+
+    Args:
+        logits (`torch.Tensor` of shape `[B, C]`), `C >= 2`.
+        labels (`torch.LongTensor` of shape `[B]`): class indices; rows labelled -100 give NaN.
+
+    Returns:
+        `torch.Tensor` of shape `[B]` (float32).
+    """
+    _check_logits(logits)
+    kept = labels != -100
+    labels = labels.long().where(kept, 0)
+    logits = logits.detach()
+    top2 = logits.topk(2, dim=1)
+    runner_up = torch.where(top2.indices[:, 0] == labels, top2.values[:, 1], top2.values[:, 0]).float()
+    gap = logits.gather(1, labels[:, None]).squeeze(1).float() - runner_up
+    return gap.where(kept, float("nan"))
+
+
 def entropy_scores(logits: torch.Tensor) -> torch.Tensor:
     """
     Entropy of the softmax of each row, `H = -sum_c p_c log p_c`, in float32. The entropy selection

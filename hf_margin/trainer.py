@@ -245,6 +245,12 @@ class MarginTrainerMixin:
                 f"{self.strategy.setting} computes the (weighted) cross-entropy itself and cannot honour a "
                 "compute_loss_func; drop one of them."
             )
+        loss_type = getattr(self.args, "loss_type", None)  # a host trainer's own loss (TRL's SFTConfig: "nll", ...)
+        if self.strategy.owns_loss and loss_type not in (None, "nll"):
+            raise ValueError(
+                f"{self.strategy.setting} computes the (weighted) cross-entropy itself and cannot honour "
+                f"loss_type={loss_type!r}; use loss_type='nll' or drop {self.strategy.field}."
+            )
         if self.strategy.variable_passes:
             self.add_callback(_StepHooks(self))
         self._check_model(self.model)
@@ -317,9 +323,9 @@ class MarginTrainerMixin:
             )
         if not self.strategy.serves_causal_lm:
             raise ValueError(
-                f"{self._field}: {kind} is a causal language model, and this mechanism needs one prediction per sample "
-                "(pool selection would also pay a full scoring forward per step). Use pruning=... instead: it scores "
-                "each sequence from the logits of its own training forward."
+                f"{self._field}: {kind} is a causal language model, and this mechanism needs one prediction per "
+                "sample (pool selection would also pay a full scoring forward per step). Use pruning=... instead: it "
+                "scores each sequence from the logits of its own training forward."
             )
         criterion = self.strategy.criterion
         if not criterion.vocab_lean:

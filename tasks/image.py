@@ -61,7 +61,7 @@ import tasks.cifar_models  # noqa: F401  (registers the CIFAR architectures in t
 from hf_margin import MarginTrainer, MarginTrainingArguments
 from tasks.common import describe_settings
 from tasks.glue_metrics import accuracy, compute_metrics_from_logits
-from tasks.image_data import AUGMENTATIONS, TensorImageDataset, load_image_splits
+from tasks.image_data import AUGMENTATIONS, TensorImageDataset, collate_images, load_image_splits
 from tasks.recipe import Recipe, RecipeData
 
 logger = logging.getLogger(__name__)
@@ -500,7 +500,8 @@ class ImageRecipe(Recipe):
             metric_names=("accuracy",),
             title=f"tasks.image: {args.dataset_name} ({len(train)} train / {len(evaluation)} eval), "
             f"{args.model_name_or_path}",
-            trainer_kwargs={"lr_schedule": args.step_schedule()},
+            # each batch's images are one tensor already (`TensorImageDataset`): handed on, not stacked again
+            trainer_kwargs={"lr_schedule": args.step_schedule(), "data_collator": collate_images},
             description={
                 "dataset_name": args.dataset_name,
                 "model_name_or_path": args.model_name_or_path,

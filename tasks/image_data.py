@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+from transformers import default_data_collator
 
 from tasks.paths import SHARED_DATA
 
@@ -85,6 +86,9 @@ def random_crop_flip(
     an `H x W` window at an independent random offset per image, and, with `flip`, mirror each image
     horizontally with probability 1/2 (torchvision's `RandomCrop(padding=p)` + `RandomHorizontalFlip()`).
 
+    The crop takes each image's window from a view of all its windows (`unfold`), so it copies the `B` windows and
+    nothing else: no per-pixel index tensors. It works in the images' own dtype (uint8: a quarter of the bytes).
+
     Args:
         images (`torch.Tensor` of shape `[B, C, H, W]`): pixel values on the 0..255 scale, so padding is black.
         padding (`int`): pixels of zero padding per side; 0 skips the crop.
@@ -94,20 +98,14 @@ def random_crop_flip(
     Returns:
         `torch.Tensor` of shape `[B, C, H, W]`, same dtype.
     """
-    batch, channels, height, width = images.shape
+    batch, _, height, width = images.shape
     out = images
     if padding > 0:
         padded = F.pad(images, (padding, padding, padding, padding))
         top = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
         left = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
-        rows = top[:, None] + torch.arange(height)  # [B, H]
-        cols = left[:, None] + torch.arange(width)  # [B, W]
-        out = padded[
-            torch.arange(batch)[:, None, None, None],
-            torch.arange(channels)[None, :, None, None],
-            rows[:, None, :, None],
-            cols[:, None, None, :],
-        ]
+        windows = padded.unfold(2, height, 1).unfold(3, width, 1)  # [B, C, 2p + 1, 2p + 1, H, W], a view
+        out = windows[torch.arange(batch), :, top, left]
     if flip:
         mirrored = torch.rand(batch, generator=generator) < 0.5
         out = torch.where(mirrored[:, None, None, None], out.flip(-1), out)
@@ -170,17 +168,17 @@ class TensorImageDataset(Dataset):
 
     def transform(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 `[B, C, H, W]` -> augmented, normalised float32 `[B, C, H, W]`."""
-        # Augment on 0..255 floats: zero padding is still black, and float copies are much faster than uint8 ones.
-        images = images.float()
+        # Augment the uint8 images (zero padding is black), then convert and normalise in one pass.
         if self.augmentation != "none":
             padding = self.crop_padding if "crop" in self.augmentation else 0
             images = random_crop_flip(images, padding, flip="flip" in self.augmentation)
-        return images.sub_(self.mean * 255).div_(self.std * 255)
+        return images.float().sub_(self.mean * 255).div_(self.std * 255)
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         index = torch.as_tensor(indices, dtype=torch.long)
         pixel_values = self.transform(self.images[index])
         labels = self.labels[index].tolist()
+        # each sample's image is a view of the batch: `collate_images` hands the batch on without stacking it again
         return [{"pixel_values": x, "labels": y} for x, y in zip(pixel_values.unbind(0), labels, strict=True)]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -215,6 +213,25 @@ class TensorImageDataset(Dataset):
             "none",
             self.crop_padding,
         )
+
+
+def collate_images(features: list[dict[str, Any]]) -> dict[str, Any]:
+    """
+    The Trainer's default collation of `{"pixel_values", "labels"}` samples, except that samples whose images are,
+    in order, the rows of one batch tensor (as `TensorImageDataset.__getitems__` returns them) get that tensor
+    itself rather than a stacked copy.
+    """
+    images = [f["pixel_values"] for f in features]
+    base = images[0]._base if isinstance(images[0], torch.Tensor) else None
+    same_batch = (
+        isinstance(base, torch.Tensor)
+        and base.dim() == 4
+        and base.shape[0] == len(images)
+        and all(image._base is base and image.data_ptr() == base[i].data_ptr() for i, image in enumerate(images))
+    )
+    if not same_batch or set(features[0]) != {"pixel_values", "labels"}:
+        return default_data_collator(features)
+    return {"pixel_values": base, "labels": torch.tensor([f["labels"] for f in features], dtype=torch.long)}
 
 
 @dataclass

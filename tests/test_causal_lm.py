@@ -69,9 +69,10 @@ def reference_token_losses(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token next-token cross-entropy `[B, L - 1]` and the mask of the target tokens, by hand."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     targets = batch["labels"][:, 1:]
+    zero = logits.new_zeros(())
     losses = torch.stack(
         [
-            torch.stack([F.cross_entropy(logits[b, t], targets[b, t]) if targets[b, t] != -100 else logits.new_zeros(())
+            torch.stack([F.cross_entropy(logits[b, t], targets[b, t]) if targets[b, t] != -100 else zero
                          for t in range(targets.shape[1])])
             for b in range(targets.shape[0])
         ]
@@ -106,8 +107,8 @@ def test_the_weighted_token_loss_is_normalised_by_the_trainers_token_count(tmp_p
             y = int(batch["labels"][b, t + 1])
             if y == -100:
                 continue
-            row = logits[b, t]
-            other = max((c for c in range(VOCAB) if c != y), key=lambda c, row=row.detach(): float(row[c]))
+            row = logits[b, t].detach()
+            other = max((c for c in range(VOCAB) if c != y), key=lambda c, row=row: float(row[c]))
             margins.append(float((row[y] - row[other]) / (head[y] - head[other]).norm()))
         assert scores[b].item() == pytest.approx(sum(margins) / len(margins), rel=1e-4)
 
@@ -176,7 +177,9 @@ class BigTensors(TorchDispatchMode):
         self.count += sum(
             1
             for o in outs
-            if isinstance(o, torch.Tensor) and o.numel() >= self.numel and o.untyped_storage().data_ptr() not in storages
+            if isinstance(o, torch.Tensor)
+            and o.numel() >= self.numel
+            and o.untyped_storage().data_ptr() not in storages
         )
         return out
 

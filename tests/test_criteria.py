@@ -7,6 +7,7 @@ agrees with a naive reference of its score and hard end.
 from __future__ import annotations
 
 import argparse
+import math
 
 import pytest
 import torch
@@ -103,6 +104,7 @@ def test_every_built_in_criterion_scores_as_a_naive_loop_and_knows_its_hard_end(
     generator = torch.Generator().manual_seed(0)
     logits, weight = torch.randn(12, 4, generator=generator), torch.randn(4, 6, generator=generator)
     labels = torch.randint(0, 4, (12,), generator=generator)
+    logits[torch.arange(0, 12, 2), labels[::2]] += 5.0  # half of the rows confidently right
     criterion = get_criterion(name)
     scores = criterion.scores(logits, labels=labels, weight=weight)
     p = logits.softmax(1)
@@ -125,10 +127,13 @@ def test_every_built_in_criterion_scores_as_a_naive_loop_and_knows_its_hard_end(
     torch.testing.assert_close(scores, torch.tensor(naive))
     assert criterion.hardest == hard and criterion.label_free == (name not in ("margin", "loss"))
     assert criterion.needs_head == (name in ("mms", "margin"))
-    if criterion.says_learned:  # margin: correctly classified; loss: p_y above 1/2
-        correct = logits.argmax(1) == labels
-        expected = correct if name == "margin" else p.gather(1, labels[:, None]).squeeze(1) > 0.5
-        assert torch.equal(criterion.is_learned(scores), expected)
+    if criterion.says_learned:  # margin: p_y at least 9 times the runner-up's; loss: p_y above 0.9 (loss below 0.1)
+        p_true = p.gather(1, labels[:, None]).squeeze(1)
+        runner_up = p.scatter(1, labels[:, None], 0.0).max(1).values
+        expected = p_true > 9 * runner_up if name == "margin" else p_true > math.exp(-0.1)
+        values = criterion.learned_values(scores, logits, labels=labels, weight=weight)
+        assert torch.equal(criterion.is_learned(values), expected)
+        assert expected.any() and not expected.all()
 
 
 def test_every_help_text_renders_and_help_exits_cleanly(capsys):

@@ -25,7 +25,7 @@ N, BATCH, PASSES = 48, 8, 5  # 6 steps a full pass
 MECHANISMS = {
     "stock": None,
     "fixed": dict(pruning="margin", pruning_hard_fraction=0.25),
-    "learned": dict(pruning="margin", pruning_rule="learned", pruning_learned_visits=1),
+    "learned": dict(pruning="margin", pruning_rule="learned", pruning_learned_visits=1, pruning_threshold=0.0),
     "infobatch": dict(pruning="loss", pruning_rule="infobatch"),
     "cached": dict(selection="mms_cached", selection_hard_fraction=0.25),
 }
@@ -84,6 +84,8 @@ def reference(tmp_path, mechanism: str) -> tuple[list[torch.Tensor], list[float]
     if mechanism not in _reference_cache:
         trainer = trainer_for(tmp_path, mechanism, f"ref_{mechanism}")
         trainer.train()
+        if mechanism in PRUNING:  # the checks below must see passes that were pruned, not full ones only
+            assert min(trainer.strategy.sampler.lengths.values()) < N, f"{mechanism} pruned nothing"
         _reference_cache[mechanism] = (weights(trainer), train_losses(trainer))
     return _reference_cache[mechanism]
 

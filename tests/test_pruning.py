@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from hf_margin import MarginSettings, MarginTrainer
-from hf_margin.margin import per_sample_losses, signed_margin_scores
+from hf_margin.margin import per_sample_losses, signed_margin_scores, true_class_logit_gaps
 from hf_margin.selection import (
     PrunedEpochSampler,
     ScoreCache,
@@ -250,7 +250,7 @@ def _learning_run(tmp_path, rule: str, criterion: str = "margin", epochs: int = 
     data = TinyTextDataset(n=64, num_labels=3)
     model = tiny_bert(num_labels=3, dropout=0.0)
     recorder = ForwardRecorder(model, "input_ids", model.classifier)
-    extra = {"pruning_learned_visits": 1} if rule == "learned" else {}
+    extra = {"pruning_learned_visits": 1, "pruning_threshold": 0.0} if rule == "learned" else {}  # learned: correct
     args = pruning_args(tmp_path, pruning=criterion, pruning_rule=rule, num_train_epochs=epochs,
                         learning_rate=5e-3, **{**extra, **overrides})  # fmt: skip
     trainer = MarginTrainer(model=model, args=args, train_dataset=data)
@@ -265,19 +265,19 @@ def test_the_learned_rule_drops_only_learned_samples_and_more_as_they_stay_learn
     assert lengths[5] < lengths[1]  # more of the data is learned, and for longer, as the run goes on
     rows = _rows(data)
     visits = [[rows[tuple(r)] for r in c["inputs"].tolist()] for c in recorder.calls]
-    margins = {}  # each sample's signed margin at its last visit, replayed from the forwards
+    gaps = {}  # each sample's true-class logit gap at its last visit, replayed from the forwards
     step = 0
     for p, length in enumerate(lengths[:-1]):
         batches = visits[step : step + length // 8]
         trained = {i for batch in batches for i in batch}
         if p >= 1:
-            unlearned = {i for i, m in margins.items() if m <= 0}
+            unlearned = {i for i, gap in gaps.items() if gap <= 0.0}
             assert unlearned <= trained, f"pass {p} dropped a sample that was not learned"
         for batch, call in zip(batches, recorder.calls[step : step + length // 8]):
-            idx = torch.tensor(batch)
-            for i, m in zip(batch, signed_margin_scores(call["logits"], data.labels[idx], call["weight"]).tolist()):
-                margins[i] = m
+            for i, gap in zip(batch, true_class_logit_gaps(call["logits"], data.labels[torch.tensor(batch)]).tolist()):
+                gaps[i] = gap
         step += length // 8
+    assert any(gap > 0.0 for gap in gaps.values())  # some were learned
 
 
 @pytest.mark.parametrize("rule", ["learned", "infobatch"])

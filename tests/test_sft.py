@@ -115,3 +115,10 @@ def test_the_combined_config_parses_and_checks_its_margin_fields(tmp_path):
     assert parsed.pruning == "margin" and parsed.pruning_rule == "learned" and parsed.max_length == 64
     with pytest.raises(ValueError, match="pruning_ratio"):
         MarginSFTConfig(str(tmp_path), pruning="loss", pruning_ratio=1.5, use_cpu=True, bf16=False)
+
+
+def test_an_sft_loss_the_pruned_step_cannot_compute_is_refused(tmp_path, tokenizer):
+    args = config(tmp_path, "dft", pruning="loss", num_train_epochs=2, max_steps=-1, loss_type="dft")
+    with pytest.raises(ValueError, match="cannot honour loss_type='dft'"):
+        MarginSFTTrainer(model=tiny_decoder(tokenizer), args=args, train_dataset=sentences(),
+                         processing_class=tokenizer)  # fmt: skip

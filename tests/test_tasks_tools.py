@@ -134,9 +134,24 @@ def test_every_benchmark_variant_parses_into_the_flags_its_name_promises(tmp_pat
     variants = {name: flags for per_kind in variants.values() for name, flags in per_kind.items()}
     pruning = registry.SETTINGS["fmnist_prune"]  # pruning plans whole passes: settings in epochs, not steps
     pruned = {
-        name: parse_args([*pruning.argv, *extra, "--output_dir", str(tmp_path)])[1]
+        name: parse_args(
+            [*pruning.argv, *registry.resolve_flags(extra, lambda run: 123), "--output_dir", str(tmp_path)]
+        )[1]
         for name, extra in registry.variants_of("prune", pruning).items()
     }
+    # the adaptive rules at their defaults, InfoBatch's own rule, and the shorter schedule at adaptive margin's steps
+    assert (pruned["prune_margin_learned"].pruning, pruned["prune_margin_learned"].pruning_rule) == (
+        "margin",
+        "learned",
+    )
+    assert (pruned["prune_loss_infobatch"].pruning_rule, pruned["prune_loss_infobatch"].pruning_ratio) == (
+        "infobatch",
+        0.5,
+    )
+    assert pruned["baseline_short_learned"].max_steps == 123 and pruned["baseline_short_learned"].pruning == "none"
+    assert not {"prune_margin_learned", "baseline_short_learned"} & set(
+        registry.select_variants("prune", pruning, None, None)
+    )
     assert (pruned["prune_margin"].pruning, pruned["prune_margin"].pruning_ratio) == ("margin", 0.75)
     assert pruned["prune_random"].pruning == "random" and pruned["baseline"].pruning == "none"
     assert 0 < pruned["baseline_short"].num_train_epochs < pruned["baseline"].num_train_epochs == 20

@@ -94,8 +94,12 @@ class ScoreKeeper:
         if self.criterion.score is not None:
             with stopwatch.timing("scoring", host.args.device):
                 tap = host.head_tap
-                scores = self.criterion.scores(logits, labels=labels, weight=tap.weight if tap is not None else None)
-                learned = self.criterion.is_learned(scores, self.threshold) if self.criterion.says_learned else None
+                head = tap.weight if tap is not None else None
+                scores = self.criterion.scores(logits, labels=labels, weight=head)
+                learned = None
+                if self.criterion.says_learned:
+                    values = self.criterion.learned_values(scores, logits, labels=labels, weight=head)
+                    learned = self.criterion.is_learned(values, self.threshold)
                 self.update_cache(host, index, scores, learned)
         # the weights of the kept samples make this loss an unbiased estimate of the full data's
         loss = weighted_cross_entropy(logits, labels, weight, host.args.label_smoothing_factor)
@@ -150,12 +154,20 @@ class ScoreKeeper:
         if self.criterion.score is not None:
             with stopwatch.timing("scoring", host.args.device):
                 tap = host.head_tap
-                token_scores = self.criterion.scores(
-                    flat_logits, labels=targets, weight=tap.weight if tap is not None else None, losses=token_losses
-                ).view(batch, length)
+                head = tap.weight if tap is not None else None
+                token_scores = self.criterion.scores(flat_logits, labels=targets, weight=head, losses=token_losses)
                 counted = valid.sum(dim=1)
-                scores = torch.where(valid, token_scores, 0.0).sum(dim=1) / counted  # NaN: no target token
-                learned = self.criterion.is_learned(scores, self.threshold) if self.criterion.says_learned else None
+
+                def per_sequence(values: torch.Tensor) -> torch.Tensor:  # the mean over target tokens; NaN: none
+                    return torch.where(valid, values.view(batch, length), 0.0).sum(dim=1) / counted
+
+                scores = per_sequence(token_scores)
+                learned = None
+                if self.criterion.says_learned:
+                    values = self.criterion.learned_values(
+                        token_scores, flat_logits, labels=targets, weight=head, losses=token_losses
+                    )
+                    learned = self.criterion.is_learned(per_sequence(values), self.threshold)
                 self.update_cache(host, index, scores, learned)
         return loss, outputs
 

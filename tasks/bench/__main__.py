@@ -2,6 +2,7 @@
 
     python -m tasks.bench overhead [--quick]              # step-time ratios, printed last and saved
     python -m tasks.bench scoring [--quick]               # the scoring forward: bf16, channels-last, compile
+    python -m tasks.bench loader [--quick]                # the image recipe's train loader alone: images per second
     python -m tasks.bench tta --setting fmnist [--quick]  # time to accuracy: selection x k x seeds
     python -m tasks.bench mmr --setting mrpc [--quick]    # MMR accuracy: baseline, constant, ramp
     python -m tasks.bench early --setting fmnist_long     # early LR drop on a 0.4x run vs the full baseline
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--quick", action="store_true")
     scoring.add_argument("--model_name_or_path", default=None, help="MiniLM directory (default: the package's)")
     scoring.add_argument("--no_compile", action="store_true", help="skip the torch.compile variants")
+    loader = sub.add_parser("loader", help="images per second from the image recipe's train loader, nothing else")
+    loader.add_argument("--quick", action="store_true")
+    loader.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="dataloader_num_workers to measure")
     helps = {
         "tta": "time to accuracy: the baseline against pool selection (criterion x k) and cheaper selections",
         "mmr": "MMR accuracy: baseline, constant alpha, ramped alpha",
@@ -98,6 +102,10 @@ def main(argv: list[str] | None = None) -> None:
         from tasks.bench.scoring import run_scoring
 
         run_scoring(args.quick, args.model_name_or_path, not args.no_compile, args.results_dir)
+    elif args.command == "loader":
+        from tasks.bench.loader import run_loader
+
+        run_loader(args.quick, tuple(args.workers), args.results_dir)
     elif args.command in KINDS:
         from tasks.bench.run import run_grid
 

@@ -15,18 +15,19 @@ from dataclasses import dataclass, field
 from tasks.paths import SHARED_DATA
 
 KINDS = ("tta", "mmr", "early", "short", "prune")  # the grid benchmarks: recipe runs, one per variant and seed
-TOOLS = ("overhead", "scoring")  # the in-process micro-benchmarks
+TOOLS = ("overhead", "scoring", "loader")  # the in-process micro-benchmarks
 
 
 @dataclass(frozen=True)
 class Setting:
     """One benchmark problem: a recipe and its flags, the same for every variant."""
 
-    recipe: str  # "image" or "glue"
+    recipe: str  # "image", "glue" or "lm"
     argv: list[str]
     metric: str = "eval_accuracy"
     quick_argv: list[str] = field(default_factory=list)  # appended in --quick mode
     note: str = ""
+    higher_is_better: bool = True  # False for a loss: a run reaches a target by going below it
 
     @property
     def max_steps(self) -> int:
@@ -43,17 +44,23 @@ def _glue(task: str, flags: str, quick: str, note: str, metric: str = "eval_accu
     return Setting("glue", argv, metric=metric, quick_argv=shlex.split(quick), note=note)
 
 
-def _sst2_prune(passes: int, eval_steps: int) -> Setting:
-    """The epoch-pruning text recipe (pretrained MiniLM on a 1,200-sentence SST-2 subset) for `passes` passes."""
-    samples, batch = 1200, 32
+def _sst2_prune(passes: int, eval_steps: int, samples: int = 1200) -> Setting:
+    """The epoch-pruning text recipe (pretrained MiniLM on an SST-2 subset of `samples`) for `passes` passes."""
+    batch = 32
     return _glue(
         "sst2",
         f"--max_train_samples {samples} --per_device_train_batch_size {batch} --max_seq_length 64 "
         f"--num_train_epochs {passes} --eval_steps {eval_steps} --learning_rate 5e-5 --warmup_steps 0.06",
         "--max_train_samples 256 --max_eval_samples 64 --num_train_epochs 2 --eval_steps 4",
-        "GLUE SST-2, 1,200-sentence train subset, full dev (872); pretrained all-MiniLM-L6-v2, batch 32, seq 64, "
-        f"AdamW 5e-5, 6% warm-up, linear decay, {passes} passes ({-(-samples // batch) * passes} steps unpruned).",
+        f"GLUE SST-2, {samples:,}-sentence train subset, full dev (872); pretrained all-MiniLM-L6-v2, batch 32, seq "
+        f"64, AdamW 5e-5, 6% warm-up, linear decay, {passes} passes ({-(-samples // batch) * passes} steps "
+        "unpruned).",
     )
+
+
+def _lm(flags: str, quick: str, note: str) -> Setting:
+    argv = ["--glue_task", "sst2", "--data_dir", str(SHARED_DATA / "glue"), *shlex.split(flags)]
+    return Setting("lm", argv, metric="eval_loss", quick_argv=shlex.split(quick), note=note, higher_is_better=False)
 
 
 _SGD = "--optim sgd --optim_args momentum=0.9 --weight_decay 1e-4"
@@ -154,6 +161,32 @@ SETTINGS: dict[str, Setting] = {
         "GLUE SST-2 (67,349 train / 872 dev), pretrained all-MiniLM-L6-v2, batch 32, seq 64, AdamW 5e-5, bf16, "
         "2,000 steps.",
     ),
+    # GPU scale, epoch pruning: full CIFAR-10, ResNet-20, 30 passes of batch 128 (11,730 steps unpruned). The
+    # Trainer's NaN filter on the logged loss reads it on the host every step; off here, for every variant alike
+    "cifar10_prune_gpu": _image(
+        "cifar10",
+        "cifar_resnet20",
+        "--max_train_samples 50000 --max_eval_samples 10000 --per_device_train_batch_size 128 --num_train_epochs 30 "
+        "--eval_steps 1173 --learning_rate 0.1 --warmup_steps 0.025 --lr_scheduler_type cosine --optim sgd "
+        "--optim_args momentum=0.9 --weight_decay 5e-4 --bf16 true --dataloader_num_workers 8 "
+        "--logging_nan_inf_filter false",
+        "--max_train_samples 640 --max_eval_samples 200 --num_train_epochs 3 --eval_steps 10 --bf16 false "
+        "--dataloader_num_workers 0",
+        "CIFAR-10 (50,000 train / 10,000 test), CIFAR ResNet-20, batch 128, SGD lr 0.1 (2.5% warm-up) cosine, weight "
+        "decay 5e-4, bf16 autocast, 8 loader workers, 30 passes (11,730 steps unpruned).",
+    ),
+    # Epoch pruning of a causal LM, in the regime of InfoBatch's LLaMA result (many passes over a small set): a
+    # 4-layer decoder (hidden 128, 4.8M parameters, 3.9M of them the tied embeddings of MiniLM's 30,522-entry
+    # vocabulary) trained from scratch on 2,000 SST-2 sentences for 15 passes of 63 steps
+    "lm_sst2": _lm(
+        "--max_train_samples 2000 --per_device_train_batch_size 32 --max_seq_length 64 --num_train_epochs 15 "
+        "--eval_steps 63 --learning_rate 2e-3 --warmup_steps 0.05 --lr_scheduler_type cosine --weight_decay 0.1",
+        "--max_train_samples 128 --max_eval_samples 64 --num_train_epochs 3 --eval_steps 4",
+        "GLUE SST-2 sentences as a corpus: the first 2,000 train sentences, the 872 dev sentences held out; a Llama "
+        "decoder from scratch (4 layers, hidden 128, 4 heads, MiniLM's tokenizer, tied embeddings, 4.8M "
+        "parameters), batch 32, seq 64, AdamW 2e-3, 5% warm-up, cosine, weight decay 0.1, 15 passes (945 steps "
+        "unpruned). Metric: eval_loss (lower is better; perplexity = exp).",
+    ),
     # Epoch pruning, vision: multi-epoch training on a 3k-image Fashion-MNIST subset (20 passes)
     "fmnist_prune": _image(
         "fashion_mnist",
@@ -194,6 +227,8 @@ SETTINGS: dict[str, Setting] = {
     "sst2_prune_long": _sst2_prune(8, eval_steps=19),
     # trained long past the plateau: sst2_prune_long's baseline still gains in its last passes; evaluated once a pass
     "sst2_prune_16ep": _sst2_prune(16, eval_steps=38),
+    # where users live: the usual 3-epoch fine-tune, on 8,000 sentences (250 steps a pass)
+    "sst2_prune_3ep_8k": _sst2_prune(3, eval_steps=125, samples=8000),
 }
 
 
@@ -306,7 +341,8 @@ ADAPTIVE_RUNS = {
     "prune_loss_infobatch": ["--pruning", "loss", "--pruning_rule", "infobatch"],
     "baseline_short_learned": ["--max_steps", "{steps_of:prune_margin_learned}"],
 }
-ON_REQUEST_SUFFIXES = (*(suffix for suffix in PRUNING_LEVELS if suffix), UNWEIGHTED)  # run only when --only names them
+# run only when --only names them
+ON_REQUEST_SUFFIXES = (*(suffix for suffix in PRUNING_LEVELS if suffix), UNWEIGHTED, "_learned", "_infobatch")
 STEPS_OF = re.compile(r"^\{steps_of:(\w+)\}$")
 
 
@@ -478,6 +514,8 @@ SUITE: list[GridLine] = [
 GPU_SUITE: list[GridLine] = [
     GridLine("overhead"),
     GridLine("tta", "cifar10", (0,), (4,), ("mms_k4", "uniform_k4")),
+    # epoch pruning on a GPU: ms per step in the full passes and in the pruned ones, against stock's
+    GridLine("prune", "cifar10_prune_gpu", (0,), (), ("prune_margin_learned", "prune_loss_infobatch", "prune_margin")),
 ]
 
 # Minutes: every benchmark path on tiny subsets (results go to results/*_quick_*.json).

@@ -52,6 +52,8 @@ def run_one(setting: Setting, name: str, extra: list[str], seed: int, quick: boo
     ]
     if setting.recipe == "image":
         from tasks.image import main
+    elif setting.recipe == "lm":
+        from tasks.lm import main
     else:
         from tasks.glue import main
     print(f"[bench] {out}: {' '.join(extra) or '(baseline)'}", flush=True)
@@ -74,7 +76,24 @@ def load_curve(run_dir: Path, metric: str) -> dict[str, Any]:
         "selection_time_share": record.get("selection_time_share") or 0.0,
         "mms_trace": [(step, run.mms_key, value) for step, value in zip(run.mms_steps, run.mms_values)],
         "pruned_by_pass": pruned_by_pass(run_dir),
+        **ms_per_step(run_dir),
     }
+
+
+def ms_per_step(run_dir: Path) -> dict[str, float | None]:
+    """
+    Training milliseconds per optimizer step (evaluation excluded) between consecutive training logs of the same
+    pass, over the full passes and over the pruned ones (a run without pruning: all full).
+    """
+    history = [h for h in json.loads((run_dir / "trainer_state.json").read_text())["log_history"] if "loss" in h]
+    spent = {"full": [0.0, 0], "pruned": [0.0, 0]}
+    for before, after in zip(history, history[1:]):
+        if "train_seconds" not in after or before.get("pruning_pass") != after.get("pruning_pass"):
+            continue
+        kind = "pruned" if after.get("pruned_share", 0) > 0 else "full"
+        spent[kind][0] += after["train_seconds"] - before["train_seconds"]
+        spent[kind][1] += after["step"] - before["step"]
+    return {f"ms_per_step_{kind}": 1000 * s / n if n else None for kind, (s, n) in spent.items()}
 
 
 def pruned_by_pass(run_dir: Path) -> list[float]:
@@ -83,9 +102,16 @@ def pruned_by_pass(run_dir: Path) -> list[float]:
     return next((h["pruned_share_by_pass"] for h in history if "pruned_share_by_pass" in h), [])
 
 
-def first_reaching(curve: dict[str, Any], target: float) -> tuple[int | None, float | None]:
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.mean(known) if known else None
+
+
+def first_reaching(
+    curve: dict[str, Any], target: float, higher_is_better: bool = True
+) -> tuple[int | None, float | None]:
     for step, seconds, value in zip(curve["steps"], curve["seconds"], curve["values"]):
-        if value >= target:
+        if (value >= target) if higher_is_better else (value <= target):
             return step, seconds
     return None, None
 
@@ -101,7 +127,8 @@ def summarize(setting_name: str, variants: dict[str, list[str]], seeds: list[int
     if "baseline" not in curves:
         raise RuntimeError(f"{setting_name}: the baseline runs are missing; run the benchmark first.")
     baseline_final = statistics.mean(c["final"] for c in curves["baseline"].values())
-    targets = {"baseline_minus_0.5pt": baseline_final - 0.005, "baseline_final": baseline_final}
+    slack = -0.005 if setting.higher_is_better else 0.005  # half a point worse than the baseline
+    targets = {"baseline_minus_0.5pt": baseline_final + slack, "baseline_final": baseline_final}
     rows = {}
     for name, per_seed in curves.items():
         finals = [c["final"] for c in per_seed.values()]
@@ -114,10 +141,17 @@ def summarize(setting_name: str, variants: dict[str, list[str]], seeds: list[int
             else 0.0,
             "train_cpu_seconds_mean": statistics.mean(c.get("train_cpu_seconds") or 0.0 for c in per_seed.values()),
             "train_steps_mean": statistics.mean(c.get("train_steps") or 0 for c in per_seed.values()),
+            **{
+                key: _mean([c.get(key) for c in per_seed.values()])
+                for key in ("ms_per_step_full", "ms_per_step_pruned")
+            },
+            "pruned_by_pass_mean": [
+                statistics.mean(shares) for shares in zip(*(c.get("pruned_by_pass") or [] for c in per_seed.values()))
+            ],
             "selection_time_share_mean": statistics.mean(c["selection_time_share"] for c in per_seed.values()),
         }
         for target_name, target in targets.items():
-            hits = [first_reaching(c, target) for c in per_seed.values()]
+            hits = [first_reaching(c, target, setting.higher_is_better) for c in per_seed.values()]
             reached = [h for h in hits if h[0] is not None]
             row[target_name] = {
                 "reached": f"{len(reached)}/{len(hits)}",
