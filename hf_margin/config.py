@@ -191,7 +191,7 @@ class MarginFields:
         },
     )
     pruning_max_weight: float = field(
-        default=4.0,
+        default=8.0,
         metadata={
             "help": "pruning_rule='learned': the largest loss weight of a kept learned sample, so the least often a "
             "learned sample is kept is 1 / max_weight of the passes. >= 1; 1 drops nothing."

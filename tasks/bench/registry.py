@@ -176,14 +176,14 @@ SETTINGS: dict[str, Setting] = {
         "decay 5e-4, bf16 autocast, 8 loader workers, 30 passes (11,730 steps unpruned).",
     ),
     # Epoch pruning of a causal LM, in the regime of InfoBatch's LLaMA result (many passes over a small set): a
-    # 4-layer decoder (hidden 128, 4.8M parameters, 3.9M of them the tied embeddings of MiniLM's 30,522-entry
+    # 4-layer decoder (hidden 128, 5.0M parameters, 3.9M of them the tied embeddings of MiniLM's 30,522-entry
     # vocabulary) trained from scratch on 2,000 SST-2 sentences for 15 passes of 63 steps
     "lm_sst2": _lm(
         "--max_train_samples 2000 --per_device_train_batch_size 32 --max_seq_length 64 --num_train_epochs 15 "
         "--eval_steps 63 --learning_rate 2e-3 --warmup_steps 0.05 --lr_scheduler_type cosine --weight_decay 0.1",
         "--max_train_samples 128 --max_eval_samples 64 --num_train_epochs 3 --eval_steps 4",
         "GLUE SST-2 sentences as a corpus: the first 2,000 train sentences, the 872 dev sentences held out; a Llama "
-        "decoder from scratch (4 layers, hidden 128, 4 heads, MiniLM's tokenizer, tied embeddings, 4.8M "
+        "decoder from scratch (4 layers, hidden 128, 4 heads, MiniLM's tokenizer, tied embeddings, 5.0M "
         "parameters), batch 32, seq 64, AdamW 2e-3, 5% warm-up, cosine, weight decay 0.1, 15 passes (945 steps "
         "unpruned). Metric: eval_loss (lower is better; perplexity = exp).",
     ),
@@ -354,7 +354,7 @@ def prune_variants(setting: Setting) -> dict[str, list[str]]:
     batch = int(_flag(argv, "--per_device_train_batch_size"))
     variants = {"baseline": []}
     for suffix, (hard, ratio) in PRUNING_LEVELS.items():
-        level = ["--pruning_hard_fraction", str(hard), "--pruning_ratio", str(ratio)]
+        level = ["--pruning_rule", "fixed", "--pruning_hard_fraction", str(hard), "--pruning_ratio", str(ratio)]
         variants.update({f"prune_{c}{suffix}": ["--pruning", c, *level] for c in PRUNING_CRITERIA})
         lengths = pruning_schedule(samples, passes, hard, ratio, 0.125, batch).lengths
         share = sum(lengths) / (samples * passes)  # of the unpruned run's draws
@@ -457,12 +457,17 @@ def _grid(k: int, *criteria: str, suffix: str = "") -> tuple[str, ...]:
 
 
 _CHUNKED = "_bf16_chunk32"
-PRUNE_CONTROLS = ("prune_margin", "prune_loss", "prune_random", "baseline_short")  # the long grids skip prune_mms
-KEEP28 = tuple(f"{name}_keep28" for name in PRUNE_CONTROLS)
-KEEP50 = tuple(f"{name}_keep50" for name in PRUNE_CONTROLS)
+ADAPTIVE_GRID = ("prune_margin_learned", "prune_loss_learned", "prune_loss_infobatch", "prune_margin",
+                 "baseline_short_learned")  # fmt: skip
+LM_GRID = ("prune_margin_learned", "prune_loss_learned", "prune_random", "baseline_short_learned")
+PRUNE_SETTINGS = (
+    "fmnist_prune", "fmnist_prune_long", "sst2_prune", "sst2_prune_long", "sst2_prune_16ep", "cifar10_prune",
+    "sst2_prune_3ep_8k",
+)  # fmt: skip
 SUITE: list[GridLine] = [
     GridLine("overhead"),
     GridLine("scoring"),
+    GridLine("loader"),
     # vision, early training: every criterion at every k, fp32 scoring
     GridLine("tta", "fmnist", (0, 1, 2), (2, 4, 10), tuple(
         name for k in (2, 4, 10) for name in _grid(k, "uniform", *CRITERIA)
@@ -496,18 +501,12 @@ SUITE: list[GridLine] = [
     GridLine("tta", "mrpc_3ep", (0,), only=("mms_k2_bf16_chunk32",), tag="cheap"),
     GridLine("tta", "fmnist_long", (0,), only=("mms_k2_bf16", "mms_k2_bf16_compile"), tag="compile"),
     GridLine("tta", "mrpc", (0,), only=("mms_k2_bf16_chunk32", "mms_k2_bf16_chunk32_compile"), tag="compile"),
-    # epoch pruning: every criterion at one level, and the equal-step control
-    GridLine("prune", "fmnist_prune", (0, 1, 2)),
-    GridLine("prune", "sst2_prune", (0, 1, 2)),
-    GridLine("prune", "sst2_prune", (0, 1, 2), (), KEEP28, "keep28"),
-    GridLine("prune", "fmnist_prune_long", (0, 1, 2), (), PRUNE_CONTROLS),
-    GridLine("prune", "cifar10_prune", (0, 1, 2), (), PRUNE_CONTROLS),
-    # the gentler level, with the baseline timed again beside it (timings drift from one session to the next)
-    GridLine("prune", "fmnist_prune_long", (0, 1, 2, 3, 4, 5), (), KEEP50, "keep50", runs_dir="runs/bench_keep50"),
-    GridLine("prune", "sst2_prune_long", (0, 1, 2), (), PRUNE_CONTROLS),
-    GridLine("prune", "sst2_prune_16ep", (0, 1, 2, 3, 4, 5), (), PRUNE_CONTROLS),
-    # does up-weighting the few kept easy samples hurt where the model is far from fitting its data?
-    GridLine("prune", "cifar10_prune", (0, 1, 2), (), UNWEIGHTED_RUNS, "unweighted"),
+    # epoch pruning, can I leave it on? Adaptive pruning by margin and by loss, InfoBatch's own rule, fixed quotas at
+    # the default level, and the shorter schedule at adaptive margin's steps, beside the baseline timed in the same
+    # grid; every setting, from still climbing to trained long past the plateau
+    *(GridLine("prune", name, (0, 1, 2), (), ADAPTIVE_GRID) for name in PRUNE_SETTINGS),
+    # a causal LM trained from scratch for many passes over a small set (InfoBatch's LLaMA regime)
+    GridLine("prune", "lm_sst2", (0, 1, 2), (), LM_GRID),
 ]  # fmt: skip
 
 # On one GPU (`python -m tasks.bench suite --gpu`): full CIFAR-10, the overhead ratios.
@@ -527,6 +526,8 @@ QUICK_SUITE: list[GridLine] = [
     GridLine("early", "fmnist_long", (0,), quick=True),
     GridLine("short", "fmnist_long", (0,), quick=True),
     GridLine("prune", "fmnist_prune", (0,), quick=True),
+    GridLine("prune", "fmnist_prune", (0,), (), ADAPTIVE_GRID, "adaptive", quick=True),
+    GridLine("prune", "lm_sst2", (0,), (), LM_GRID, quick=True),
 ]
 
 SUITES = {"cpu": SUITE, "gpu": GPU_SUITE, "quick": QUICK_SUITE}
