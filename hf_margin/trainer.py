@@ -430,7 +430,7 @@ class MarginTrainerMixin:
             self._clock.start_once()
         if self.margin_settings.is_stock:
             return super().get_batch_samples(epoch_iterator, num_batches, device)
-        if getattr(self.strategy, "drives_lr", False) and not self._lr_wrapped:
+        if self.strategy.drives_lr and not self._lr_wrapped:
             self._drive_lr_by_progress()
         batches = self.strategy.draw_batches(self.margin, epoch_iterator, num_batches, device)
         if batches is None:

@@ -56,7 +56,6 @@ def cached(out_dir: str) -> None:
         "rank": args.process_index,
         "global_step": trainer.state.global_step,
         "margins": trainer.strategy.keeper.cache.margins.tolist(),
-        "updated_step": trainer.strategy.keeper.cache.updated_step.tolist(),
     }
     Path(out_dir, f"rank{args.process_index}.json").write_text(json.dumps(result))
 

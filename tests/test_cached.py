@@ -101,7 +101,7 @@ def test_the_sampler_keeps_the_epoch_length_and_spends_it_on_hard_samples():
     assert len(first) == len(sampler) == 40
     assert sorted(i for i, _ in first) == list(range(40)) and all(w == 1.0 for _, w in first)
     assert list(sampler) == first  # the same seed, epoch and cache: the same stream
-    cache.update(torch.arange(40), torch.arange(40, dtype=torch.float32), step=5)
+    cache.update(torch.arange(40), torch.arange(40, dtype=torch.float32))
     sampler.set_epoch(1)
     second = list(sampler)
     assert len(second) == 40
@@ -115,9 +115,9 @@ def test_the_sampler_keeps_the_epoch_length_and_spends_it_on_hard_samples():
 def test_the_cache_stores_round_trips_and_refuses_another_dataset_size():
     cache = MarginCache(5)
     assert cache.known_share() == 0.0
-    cache.update(torch.tensor([4, 1]), torch.tensor([0.5, 2.0], dtype=torch.float16), step=3)
+    cache.update(torch.tensor([4, 1]), torch.tensor([0.5, 2.0], dtype=torch.float16))
     assert cache.known_share() == pytest.approx(0.4)
-    assert cache.margins[4].item() == 0.5 and cache.updated_step.tolist() == [-1, 3, -1, -1, 3]
+    assert cache.margins[4].item() == 0.5 and cache.margins[[0, 2, 3]].isnan().all()
     restored = MarginCache(5)
     restored.load_state_dict(cache.state_dict())
     assert torch.equal(restored.margins.nan_to_num(-1), cache.margins.nan_to_num(-1))
@@ -211,21 +211,18 @@ def test_cached_selection_drives_a_timm_model_with_gradient_accumulation(tmp_pat
 
 def test_the_margin_cache_is_saved_with_checkpoints_and_restored_on_resume(tmp_path):
     data = TinyTextDataset(n=64)
-    args = cached_args(tmp_path, max_steps=10, save_strategy="steps", save_steps=10)
+    args = cached_args(tmp_path, max_steps=12, save_strategy="steps", save_steps=10)
     first = MarginTrainer(model=tiny_bert(), args=args, train_dataset=data)
     first.train()
     checkpoint = os.path.join(args.output_dir, "checkpoint-10")
-    assert "margin_cache" in torch.load(os.path.join(checkpoint, "margin_state_0.pt"), weights_only=True)["strategy"]
+    saved = torch.load(os.path.join(checkpoint, "margin_state_0.pt"), weights_only=True)["strategy"]
+    assert (~saved["margin_cache"]["margins"].isnan()).sum() == 64  # 8 steps of 8 covered the first epoch
     args = cached_args(tmp_path, max_steps=12, output_dir=str(tmp_path / "resumed"))
     resumed = MarginTrainer(model=tiny_bert(), args=args, train_dataset=data)
     resumed.train(resume_from_checkpoint=checkpoint)
     assert resumed.state.global_step == 12
-    before, after = first.strategy.keeper.cache, resumed.strategy.keeper.cache
-    assert (~before.margins.isnan()).sum() == 64  # 8 steps of 8 covered the first epoch
-    assert (after.updated_step >= 0).all() and (after.updated_step <= 11).all()
-    untouched = after.updated_step < 10  # not trained since the resume: as saved
-    assert untouched.any()
-    torch.testing.assert_close(after.margins[untouched], before.margins[untouched])
+    # the saved cache and epoch snapshot make the rest of the run the uninterrupted one's
+    assert torch.equal(resumed.strategy.keeper.cache.margins, first.strategy.keeper.cache.margins)
 
 
 def test_cached_selection_bad_input(tmp_path):

@@ -226,3 +226,23 @@ def test_what_a_causal_lm_cannot_do_is_refused_naming_it(tmp_path):
     trainer = MarginTrainer(model=tiny_llama(), args=lm_args(tmp_path), train_dataset=Packed())
     with pytest.raises(ValueError, match="pack several sequences"):
         trainer.train()
+
+
+def test_pruning_a_lora_adapted_causal_lm_reads_the_frozen_head(tmp_path):
+    import peft
+
+    model = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    trainer = MarginTrainer(model=model, args=lm_args(tmp_path), train_dataset=LMData())
+    assert trainer.head_tap.layer is model.get_base_model().lm_head  # frozen, outside the adapter
+    before = model.get_base_model().lm_head.weight.detach().clone()
+    trainer.train()
+    assert trainer.strategy.sampler.lengths[1] < 48 and trainer.strategy.keeper.cache.known_share() == 1.0
+    assert torch.equal(model.get_base_model().lm_head.weight, before)  # the head stayed frozen
+    assert any(p.requires_grad and "lora" in n for n, p in model.named_parameters())
+
+
+def test_pruning_a_causal_lm_in_bf16_autocast(tmp_path):
+    trainer = MarginTrainer(model=tiny_llama(), args=lm_args(tmp_path, bf16=True), train_dataset=LMData())
+    trainer.train()
+    assert trainer.strategy.sampler.lengths[1] < 48
+    assert not trainer.strategy.keeper.cache.margins.isnan().any()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -49,8 +50,7 @@ def test_two_process_cached_selection_shares_one_cache(tmp_path):
     ranks = _torchrun(tmp_path, "mms_cached")
     assert [r["global_step"] for r in ranks] == [14, 14]
     assert ranks[0]["margins"] == ranks[1]["margins"]  # every process stores every process's margins
-    assert ranks[0]["updated_step"] == ranks[1]["updated_step"]
-    assert all(step >= 0 for step in ranks[0]["updated_step"])  # 12 steps of 2 x 4 scored all 96 samples
+    assert not any(math.isnan(m) for m in ranks[0]["margins"])  # 12 steps of 2 x 4 scored all 96 samples
 
 
 @pytest.mark.slow

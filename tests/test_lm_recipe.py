@@ -1,5 +1,5 @@
-"""The causal-LM recipe (`tasks.lm`): a small decoder on GLUE sentences or a text file, through `MarginTrainer` or TRL's
-`SFTTrainer` with the margin mixin, pruned by the token scores; and its bad input."""
+"""The causal-LM recipe (`tasks.lm`): a small decoder on GLUE sentences or a text file, through `MarginTrainer` or
+TRL's `SFTTrainer` with the margin mixin, pruned by the token scores; and its bad input."""
 
 from __future__ import annotations
 

@@ -131,12 +131,12 @@ def test_the_infobatch_rule_drops_samples_below_the_mean_loss_with_probability_r
 
 def test_the_cache_counts_learned_visits_in_a_row():
     cache = ScoreCache(4)
-    cache.update(torch.tensor([0, 1, 2]), torch.tensor([1.0, -1.0, 2.0]), 0, learned=torch.tensor([True, False, True]))
-    cache.update(torch.tensor([0, 2]), torch.tensor([1.5, -0.5]), 1, learned=torch.tensor([True, False]))
+    cache.update(torch.tensor([0, 1, 2]), torch.tensor([1.0, -1.0, 2.0]), learned=torch.tensor([True, False, True]))
+    cache.update(torch.tensor([0, 2]), torch.tensor([1.5, -0.5]), learned=torch.tensor([True, False]))
     assert cache.streak.tolist() == [2, 0, 0, 0]
     restored = ScoreCache(4)
     restored.load_state_dict(cache.state_dict())
-    assert restored.streak.tolist() == [2, 0, 0, 0] and restored.updated_step.tolist() == [1, 0, 1, -1]
+    assert restored.streak.tolist() == [2, 0, 0, 0] and torch.equal(restored.margins[:3], cache.margins[:3])
 
 
 def test_the_sampler_trains_one_planned_pass_per_epoch_planned_when_it_starts():
@@ -152,7 +152,7 @@ def test_the_sampler_trains_one_planned_pass_per_epoch_planned_when_it_starts():
     sampler = PrunedEpochSampler(cache, plan, seed=0)
     first = list(sampler)
     assert len(sampler) == 50 and sorted(i for i, _ in first) == list(range(50)) and all(w == 1 for _, w in first)
-    cache.update(torch.arange(50), torch.linspace(0, 1, 50), step=0)  # pass 0 scored everything
+    cache.update(torch.arange(50), torch.linspace(0, 1, 50))  # pass 0 scored everything
     sampler.set_epoch(1)
     assert len(sampler) == 20 and planned_from == [0, 50]  # planned at the epoch's start, from the scores then
     second = list(sampler)
@@ -177,8 +177,8 @@ def test_the_strategy_is_built_and_plans_without_a_trainer():
     sampler = strategy.train_dataloader(host)
     assert len(sampler) == 40  # pass 0: everything
     cache = strategy.keeper.cache
-    cache.update(torch.arange(40), torch.ones(40), 0, learned=torch.ones(40, dtype=torch.bool))
-    cache.update(torch.arange(20), torch.ones(20), 1, learned=torch.ones(20, dtype=torch.bool))
+    cache.update(torch.arange(40), torch.ones(40), learned=torch.ones(40, dtype=torch.bool))
+    cache.update(torch.arange(20), torch.ones(20), learned=torch.ones(20, dtype=torch.bool))
     sampler.set_epoch(1)
     kept = {i for i, _ in sampler}
     assert set(range(20, 40)) <= kept and len(kept) == 20 + 12  # learned twice: half of them kept, in whole steps
@@ -366,3 +366,23 @@ def test_pruning_bad_input_fails_before_training_naming_what_was_set(tmp_path):
         MarginTrainer(model=tiny_bert(), args=args, train_dataset=Pairs())
     with pytest.raises(ValueError, match="pruning='margin': its weighted loss needs labels"):
         MarginTrainer(model=tiny_bert(), args=args, train_dataset=TinyTextDataset(labels=False))
+
+
+def test_every_strategy_is_built_and_plans_its_loader_without_a_trainer():
+    from hf_margin.strategies import CachedSelection, PoolSelection, build_strategy
+
+    def host(**args):
+        return SimpleNamespace(
+            args=SimpleNamespace(device=torch.device("cpu"), world_size=1, seed=0, data_seed=None, process_index=0,
+                                 gradient_accumulation_steps=1, num_train_epochs=3, **args),
+            train_dataset=list(range(40)), train_batch_size=4, data_collator=None, label_names=[],
+            train_loader=lambda dataset, batch_size, sampler=None, **kwargs: (batch_size, sampler),
+        )  # fmt: skip
+
+    pool = build_strategy(MarginSettings(selection="mms", selection_oversample=2.5))
+    assert isinstance(pool, PoolSelection) and pool.pool_size(host()) == 10
+    assert pool.train_dataloader(host()) == (10, None)  # the Trainer's own sampler, pools of k x b
+    cached = build_strategy(MarginSettings(selection="mms_cached"))
+    assert isinstance(cached, CachedSelection)
+    batch_size, sampler = cached.train_dataloader(host())
+    assert batch_size == 4 and len(sampler) == 40 and sampler.cache is cached.keeper.cache

@@ -58,7 +58,7 @@ def test_tool_help(capsys):
     assert "--out" in help_of(plot.main, ["--help"], capsys)
     assert "run" in help_of(active_bench.main, ["--help"], capsys)
     commands = build_parser()._subparsers._group_actions[0].choices
-    assert set(commands) == {"overhead", "scoring", *registry.KINDS, "suite", "report"}
+    assert set(commands) == {*registry.TOOLS, *registry.KINDS, "suite", "report"}
     assert all(command in help_of(bench, ["--help"], capsys) for command in commands)
     for command in commands:
         out = help_of(bench, [command, "--help"], capsys)

@@ -27,7 +27,6 @@ class ScoreCache:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
         self.margins = torch.full((num_samples,), float("nan"), device=device)
-        self.updated_step = torch.full((num_samples,), -1, dtype=torch.long, device=device)
         self.streak = torch.zeros(num_samples, dtype=torch.long, device=device)
 
     def __len__(self) -> int:
@@ -37,18 +36,15 @@ class ScoreCache:
     def scores(self) -> torch.Tensor:
         return self.margins
 
-    def update(
-        self, indices: torch.Tensor, scores: torch.Tensor, step: int, learned: torch.Tensor | None = None
-    ) -> None:
+    def update(self, indices: torch.Tensor, scores: torch.Tensor, learned: torch.Tensor | None = None) -> None:
         """
-        Store `scores[j]` as the score of sample `indices[j]`, seen at optimizer step `step`; with `learned` (bool
-        `[B]`), lengthen the streak of the learned samples and end that of the others.
+        Store `scores[j]` as the score of sample `indices[j]`; with `learned` (bool `[B]`), lengthen the streak of
+        the learned samples and end that of the others.
         """
         if indices.shape != scores.shape or indices.dim() != 1:
             raise ValueError(f"indices and scores must be [B]; got {list(indices.shape)} and {list(scores.shape)}.")
         indices = indices.to(self.margins.device, torch.long)
         self.margins[indices] = scores.detach().to(self.margins.device, torch.float32)
-        self.updated_step[indices] = step
         if learned is not None:
             learned = learned.to(self.streak.device)
             self.streak[indices] = torch.where(learned, self.streak[indices] + 1, 0)
@@ -62,7 +58,7 @@ class ScoreCache:
         return scores, self.streak.cpu().clone() if streak else None
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"margins": self.margins.cpu(), "updated_step": self.updated_step.cpu(), "streak": self.streak.cpu()}
+        return {"margins": self.margins.cpu(), "streak": self.streak.cpu()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if state["margins"].shape != self.margins.shape:
@@ -71,7 +67,6 @@ class ScoreCache:
                 f"{len(self)}; resume with the same train_dataset."
             )
         self.margins.copy_(state["margins"])
-        self.updated_step.copy_(state["updated_step"])
         if "streak" in state:
             self.streak.copy_(state["streak"])
 

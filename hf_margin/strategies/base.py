@@ -130,6 +130,7 @@ class SelectionStrategy:
     owns_loss = False  # computes the training loss itself (a weighted cross-entropy): no compute_loss_func
     variable_passes = False  # Trainer epochs of different lengths (one planned pass each)
     serves_causal_lm = False  # can train a causal language model (scores per sequence from its token logits)
+    drives_lr = False  # the LR schedule reads `virtual_step`, not the optimizer step
 
     def __init__(self, settings: MarginSettings):
         self.settings = settings
@@ -178,6 +179,10 @@ class SelectionStrategy:
 
     def after_step(self, host: StrategyHost) -> None:
         """Called after each optimizer step, before the Trainer logs, evaluates or saves."""
+
+    def virtual_step(self, step: float) -> float:
+        """Where optimizer step `step` stands on the LR schedule's clock (with `drives_lr`; else the step itself)."""
+        return step
 
     # ---- the training forward ----
 

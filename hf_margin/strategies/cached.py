@@ -3,16 +3,14 @@ and the sampler plans each epoch from the cache."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..clock import break_even
 from ..criteria import get_criterion
 from ..selection import CachedMarginSampler
-from .base import SelectionStrategy, StockLoss, StrategyHost
-from .tagged import ScoreKeeper
+from .base import StrategyHost
+from .tagged import ScoreKeeper, ScoreKeepingStrategy
 
 
-class CachedSelection(SelectionStrategy):
+class CachedSelection(ScoreKeepingStrategy):
     """
     `selection="mms_cached"`: the train loader draws single batches from a `CachedMarginSampler` over the score cache
     of a `ScoreKeeper` (samples tagged with index and weight, MMS kept from the training forward, weighted loss). An
@@ -20,21 +18,12 @@ class CachedSelection(SelectionStrategy):
     """
 
     name = "mms_cached"
-    selects = needs_head = needs_labels = reads_classes = owns_loss = True
+    needs_head = True
 
     def __init__(self, settings):
         super().__init__(settings)
         self.keeper = ScoreKeeper(self.setting, get_criterion("mms"))
         self.sampler: CachedMarginSampler | None = None
-
-    def check_dataset(self, host: StrategyHost, dataset: Any) -> None:
-        super().check_dataset(host, dataset)
-        self.keeper.check_dataset(host, dataset)
-
-    def start(self, host: StrategyHost) -> None:
-        super().start(host)
-        self.keeper.reset()
-        self.sampler = None
 
     def train_dataloader(self, host: StrategyHost):
         cache = self.keeper.new_cache(host)
@@ -51,11 +40,6 @@ class CachedSelection(SelectionStrategy):
             unit = host.train_batch_size * host.args.world_size * host.args.gradient_accumulation_steps
             self.sampler.plain_from = round(self.settings.selection_until * max_steps) * unit
         return max_steps
-
-    def forward_loss(
-        self, host: StrategyHost, stock_loss: StockLoss, model, inputs: dict[str, Any], num_items_in_batch
-    ):
-        return self.keeper.forward_loss(host, model, inputs, self.stopwatch, num_items_in_batch)
 
     def log_metrics(self, host: StrategyHost, window_seconds: float | None) -> dict[str, float]:
         logs = {}
@@ -84,15 +68,3 @@ class CachedSelection(SelectionStrategy):
             "break_even_step_ratio": round(ratio, 4),
         }
         return totals, verdict
-
-    def state_dict(self) -> dict[str, Any]:
-        state = {**super().state_dict(), **self.keeper.state_dict()}
-        if self.sampler is not None:
-            state["sampler"] = self.sampler.state_dict()
-        return state
-
-    def load_state_dict(self, state) -> None:
-        super().load_state_dict(state)
-        self.keeper.load_state_dict(state)
-        if "sampler" in state and self.sampler is not None:
-            self.sampler.load_state_dict(state["sampler"])

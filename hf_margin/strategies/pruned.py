@@ -3,8 +3,6 @@ scored on their last training forward, so the run has fewer optimizer steps."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from ..criteria import get_criterion
@@ -20,11 +18,11 @@ from ..selection import (
     pruning_schedule,
     steps_of_pass,
 )
-from .base import SelectionStrategy, StockLoss, StrategyHost
-from .tagged import ScoreKeeper
+from .base import StrategyHost
+from .tagged import ScoreKeeper, ScoreKeepingStrategy
 
 
-class PrunedEpochs(SelectionStrategy):
+class PrunedEpochs(ScoreKeepingStrategy):
     """
     `pruning` = a criterion (`margin`, `mms`, `loss`, `random`, ...) and `pruning_rule` = `fixed`, `learned` or
     `infobatch`: a `ScoreKeeper` (samples tagged with index and weight, scores kept from the training forward,
@@ -40,7 +38,7 @@ class PrunedEpochs(SelectionStrategy):
     """
 
     field = "pruning"
-    selects = needs_labels = reads_classes = owns_loss = variable_passes = serves_causal_lm = True
+    variable_passes = serves_causal_lm = True
 
     def __init__(self, settings):
         super().__init__(settings)
@@ -52,18 +50,14 @@ class PrunedEpochs(SelectionStrategy):
         self.sampler: PrunedEpochSampler | None = None
         self._size = self._passes = self._unit = self._batch_draws = self._accumulation = 0
         self._lengths: list[int] | None = None  # the fixed rule's pass lengths
+        self._keep_hard = 0  # the fixed rule's hard samples a pruned pass always keeps
         self._pass = -1  # the pass the last step was in
 
     # ---- the run's passes ----
 
     def start(self, host: StrategyHost) -> None:
         super().start(host)
-        self.keeper.reset()
-        self.sampler, self._pass = None, -1
-
-    def check_dataset(self, host: StrategyHost, dataset: Any) -> None:
-        super().check_dataset(host, dataset)
-        self.keeper.check_dataset(host, dataset)
+        self._pass = -1
 
     def train_dataloader(self, host: StrategyHost):
         args, s = host.args, self.settings
@@ -157,13 +151,6 @@ class PrunedEpochs(SelectionStrategy):
         start, steps = self.pass_start_step(index), self._steps(self.sampler.lengths[index])
         host.state.epoch = index + min((host.state.global_step - start) / steps, 1.0)
 
-    # ---- the training forward ----
-
-    def forward_loss(
-        self, host: StrategyHost, stock_loss: StockLoss, model, inputs: dict[str, Any], num_items_in_batch
-    ):
-        return self.keeper.forward_loss(host, model, inputs, self.stopwatch, num_items_in_batch)
-
     # ---- logs and checkpoints ----
 
     def log_metrics(self, host: StrategyHost, window_seconds: float | None) -> dict[str, float]:
@@ -196,15 +183,3 @@ class PrunedEpochs(SelectionStrategy):
         )
         by_pass = [round(1 - n / self._size, 4) for n in lengths]
         return {"pruning_visits_saved_share": round(1 - drawn / full, 4), "pruned_share_by_pass": by_pass}, verdict
-
-    def state_dict(self) -> dict[str, Any]:
-        state = {**super().state_dict(), **self.keeper.state_dict()}
-        if self.sampler is not None:
-            state["sampler"] = self.sampler.state_dict()
-        return state
-
-    def load_state_dict(self, state) -> None:
-        super().load_state_dict(state)
-        self.keeper.load_state_dict(state)
-        if "sampler" in state and self.sampler is not None:
-            self.sampler.load_state_dict(state["sampler"])

@@ -14,7 +14,7 @@ from ..clock import Stopwatch
 from ..criteria import Criterion
 from ..margin import weighted_cross_entropy
 from ..selection import ScoreCache
-from .base import StrategyHost, check_labels, first_sample, label_free
+from .base import SelectionStrategy, StockLoss, StrategyHost, check_labels, first_sample, label_free
 
 # The dataset index and loss weight of each sample, carried through the train loader.
 INDEX_KEY, WEIGHT_KEY = "hf_margin_index", "hf_margin_weight"
@@ -182,7 +182,7 @@ class ScoreKeeper:
             else:
                 indices, scores, learned = host.gather((indices, scores, learned.to(torch.uint8)))
                 learned = learned.bool()
-        self.cache.update(indices, scores, host.state.global_step, learned)
+        self.cache.update(indices, scores, learned)
 
     def state_dict(self) -> dict[str, Any]:
         return {"margin_cache": self.cache.state_dict()} if self.cache is not None else {}
@@ -193,6 +193,44 @@ class ScoreKeeper:
         if self.cache is None:
             self.cache = ScoreCache(state["margin_cache"]["margins"].shape[0])
         self.cache.load_state_dict(state["margin_cache"])
+
+
+class ScoreKeepingStrategy(SelectionStrategy):
+    """
+    The part of a mechanism that chooses from kept scores which does not depend on how it chooses: its
+    `ScoreKeeper` (`self.keeper`, made by the subclass), its sampler (`self.sampler`, made with the loader), a clean
+    start at every `train()`, the keeper's training forward, and both in checkpoints.
+    """
+
+    selects = needs_labels = reads_classes = owns_loss = True
+    keeper: ScoreKeeper
+    sampler: Any = None
+
+    def check_dataset(self, host: StrategyHost, dataset: Any) -> None:
+        super().check_dataset(host, dataset)
+        self.keeper.check_dataset(host, dataset)
+
+    def start(self, host: StrategyHost) -> None:
+        super().start(host)
+        self.keeper.reset()
+        self.sampler = None
+
+    def forward_loss(
+        self, host: StrategyHost, stock_loss: StockLoss, model, inputs: dict[str, Any], num_items_in_batch
+    ):
+        return self.keeper.forward_loss(host, model, inputs, self.stopwatch, num_items_in_batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {**super().state_dict(), **self.keeper.state_dict()}
+        if self.sampler is not None:
+            state["sampler"] = self.sampler.state_dict()
+        return state
+
+    def load_state_dict(self, state) -> None:
+        super().load_state_dict(state)
+        self.keeper.load_state_dict(state)
+        if "sampler" in state and self.sampler is not None:
+            self.sampler.load_state_dict(state["sampler"])
 
 
 # Keys of a batch that packs several sequences into one row (padding-free collators, flash-attention varlen).

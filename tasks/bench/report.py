@@ -153,11 +153,12 @@ def prune_section(result: dict[str, Any], path: Path, plots: bool = True) -> lis
         f"Seeds {result['seeds']}. Metric `{result['metric']}`; target: the baseline's mean final value "
         f"{target:.4f}. `x baseline` divides a run's training time (wall, and process CPU, evaluation excluded) by "
         "the baseline's, same session. `s to target`: mean over the seeds that reached it (reached/seeds); "
-        "`x own` divides it by the baseline's own time to the same target.",
+        "`x own` divides it by the baseline's own time to the same target. `ms/step` over the full passes and over "
+        "the pruned ones (between training logs of one pass).",
         "",
         "| run | steps | final (mean +- std) | train s (mean +- std) | x baseline | CPU x baseline | s to target | "
-        "x own |",
-        "|---|---|---|---|---|---|---|---|",
+        "x own | ms/step full | ms/step pruned |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
         hit = row["baseline_final"]
@@ -168,9 +169,39 @@ def prune_section(result: dict[str, Any], path: Path, plots: bool = True) -> lis
             f"| {name} | {row.get('train_steps_mean', 0):.0f} | {row['final_mean']:.4f} +- {row['final_std']:.4f} | "
             f"{row['train_seconds_mean']:.1f} +- {row.get('train_seconds_std', 0.0):.1f} | "
             f"{row['train_seconds_mean'] / base['train_seconds_mean']:.2f} | {_fmt(cpu_ratio, '.2f')} | "
-            f"{_fmt(hit['seconds_mean'])} ({hit['reached']}) | {_fmt(own, '.2f')} |"
+            f"{_fmt(hit['seconds_mean'])} ({hit['reached']}) | {_fmt(own, '.2f')} | "
+            f"{_fmt(row.get('ms_per_step_full'))} | {_fmt(row.get('ms_per_step_pruned'))} |"
         )
-    return [*lines, *_plot(result, path, plots), ""]
+    return [*lines, *_plot(result, path, plots), *_dropped_plot(result, path, plots), ""]
+
+
+def _dropped_plot(result: dict[str, Any], path: Path, plots: bool) -> list[str]:
+    """The share of the data each pass dropped, the mean over the seeds, one line per pruned run."""
+    rows = result["rows"].items()
+    shares = {name: row["pruned_by_pass_mean"] for name, row in rows if row.get("pruned_by_pass_mean")}
+    if not shares:
+        return []
+    png = path.with_name(path.stem + "_dropped.png")
+    if plots:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for name, values in shares.items():
+            ax.plot(range(len(values)), values, marker=".", label=name)
+        ax.set_xlabel("pass")
+        ax.set_ylabel("share of the data dropped")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{result['setting']}: dropped per pass (mean of {len(result['seeds'])} seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(png, dpi=110)
+        plt.close(fig)
+    shown = png.relative_to(ROOT) if png.is_relative_to(ROOT) else png
+    return ["", f"![{result['setting']}: dropped per pass]({shown})"]
 
 
 def result_section(result: dict[str, Any], path: Path, plots: bool = True) -> list[str]:
