@@ -161,6 +161,8 @@ class LMRecipe(Recipe):
     description = __doc__
     arguments = LMArguments
     save_model = True
+    # the class behind each --trainer (the step benchmark swaps in the stock classes to time them beside these)
+    trainer_classes: dict[str, type] = {"trainer": MarginTrainer, "sft": MarginSFTTrainer}
 
     def load_data(self, args: LMArguments, training_args: MarginTrainingArguments) -> RecipeData:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name)
@@ -209,16 +211,17 @@ class LMRecipe(Recipe):
         return LlamaForCausalLM(config)
 
     def make_trainer(self, args, training_args, model, data, train_dataset):
+        trainer_class = self.trainer_classes[args.trainer]
         if args.trainer == "trainer":
-            return MarginTrainer(model=model, args=training_args, train_dataset=train_dataset,
+            return trainer_class(model=model, args=training_args, train_dataset=train_dataset,
                                  eval_dataset=data.eval, **data.trainer_kwargs)  # fmt: skip
         # the same flags, as SFTConfig fields (its own defaults for the rest), the recipe's sequence length
         sft_fields = {f.name for f in fields(MarginSFTConfig)}
         shared = [f.name for f in fields(MarginTrainingArguments) if f.name in sft_fields]
         values = {name: getattr(training_args, name) for name in shared}
         sft_args = MarginSFTConfig(**values, max_length=args.max_seq_length, dataset_text_field="text")
-        return MarginSFTTrainer(model=model, args=sft_args, train_dataset=train_dataset, eval_dataset=data.eval,
-                                **data.trainer_kwargs)  # fmt: skip
+        return trainer_class(model=model, args=sft_args, train_dataset=train_dataset, eval_dataset=data.eval,
+                             **data.trainer_kwargs)  # fmt: skip
 
     def run_info(self, args: LMArguments, data: RecipeData, trainer: Any) -> dict[str, Any]:
         last = next(h for h in reversed(trainer.state.log_history) if "eval_loss" in h)

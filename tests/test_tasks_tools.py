@@ -216,3 +216,19 @@ def test_scoring_benchmark_times_each_variant_of_the_pool_forward():
     }
     table = "\n".join(scoring_section(result))
     assert "| tiny | bf16 channels-last |" in table and table.count("| tiny |") == 3
+
+
+@pytest.mark.parametrize(
+    ("variant", "trainer", "pruning"),
+    [
+        ("stock", "Trainer", False),
+        ("prune_margin", "MarginTrainer", "margin"),
+        ("sft_prune_margin", "MarginSFTTrainer", "margin"),
+    ],
+)
+def test_lm_step_times_each_variant_through_its_own_trainer_class(variant, trainer, pruning):
+    from tasks.bench.lm_step import one_variant
+
+    measured = one_variant(variant, steps=2, warmup=1)
+    assert (measured["trainer"], measured["pruning"]) == (trainer, pruning)
+    assert measured["step_s"] > 0 and measured["peak_mb"] >= measured["training_peak_mb"] > 0

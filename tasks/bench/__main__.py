@@ -3,6 +3,7 @@
     python -m tasks.bench overhead [--quick]              # step-time ratios, printed last and saved
     python -m tasks.bench scoring [--quick]               # the scoring forward: bf16, channels-last, compile
     python -m tasks.bench loader [--quick]                # the image recipe's train loader alone: images per second
+    python -m tasks.bench lm_step [--quick]               # a causal LM's step: stock against scored, time and memory
     python -m tasks.bench tta --setting fmnist [--quick]  # time to accuracy: selection x k x seeds
     python -m tasks.bench mmr --setting mrpc [--quick]    # MMR accuracy: baseline, constant, ramp
     python -m tasks.bench early --setting fmnist_long     # early LR drop on a 0.4x run vs the full baseline
@@ -42,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     loader = sub.add_parser("loader", help="images per second from the image recipe's train loader, nothing else")
     loader.add_argument("--quick", action="store_true")
     loader.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="dataloader_num_workers to measure")
+    lm_step = sub.add_parser("lm_step", help="a causal LM's step, stock against pruning's scored step: time, memory")
+    lm_step.add_argument("--quick", action="store_true")
     helps = {
         "tta": "time to accuracy: the baseline against pool selection (criterion x k) and cheaper selections",
         "mmr": "MMR accuracy: baseline, constant alpha, ramped alpha",
@@ -106,6 +109,10 @@ def main(argv: list[str] | None = None) -> None:
         from tasks.bench.loader import run_loader
 
         run_loader(args.quick, tuple(args.workers), args.results_dir)
+    elif args.command == "lm_step":
+        from tasks.bench.lm_step import run_lm_step
+
+        run_lm_step(args.quick, args.results_dir)
     elif args.command in KINDS:
         from tasks.bench.run import run_grid
 

@@ -26,7 +26,10 @@ TITLES = {
     "early": "Early learning-rate drop",
     "short": "Compressed schedule",
     "prune": "Epoch pruning",
+    "loader": "The train loader alone",
+    "lm_step": "A causal LM's step, stock against scored",
 }
+TOOL_KINDS = ("overhead", "scoring", "loader", "lm_step")  # one result per device, not per setting
 
 
 def _fmt(value: float | None, spec: str = ".1f") -> str:
@@ -45,7 +48,7 @@ def _header(result: dict[str, Any]) -> list[str]:
 
 def _title(result: dict[str, Any]) -> str:
     kind = result["benchmark"]
-    if kind in ("overhead", "scoring"):
+    if kind in TOOL_KINDS:
         return f"#### {TITLES[kind]} on {result['device']}"
     return f"#### {TITLES[kind]}: {result['setting']} on {result['device']}"
 
@@ -79,6 +82,39 @@ def scoring_section(result: dict[str, Any]) -> list[str]:
                 f"| {r['setting']} | {variant} | {1000 * row['seconds']:.1f} | {row['speedup_vs_fp32_eager']:.2f}x | "
                 f"{_fmt(row.get('compile_seconds'))} |"
             )
+    return [*lines, ""]
+
+
+def loader_section(result: dict[str, Any]) -> list[str]:
+    lines = [_title(result), "", *_header(result)]
+    lines += [
+        f"Batch {result['batch']}, {result['threads']} torch threads; median of the repeats.",
+        "",
+        "| loader | images per second | repeats |",
+        "|---|---|---|",
+    ]
+    for name, row in result["rows"].items():
+        repeats = ", ".join(f"{rate:,.0f}" for rate in row["repeats"])
+        lines.append(f"| {name} | {row['images_per_second']:,.0f} | {repeats} |")
+    return [*lines, ""]
+
+
+def lm_step_section(result: dict[str, Any]) -> list[str]:
+    lines = [_title(result), "", *_header(result)]
+    lines += [
+        f"Batch {result['batch']}, {result['threads']} torch threads; median step of {result['steps']} after "
+        f"{result['warmup']} warm-up steps, median over {len(next(iter(result['rows'].values()))['repeats'])} "
+        "interleaved repeats, each in its own process; memory: the highest peak of the repeats. Ratios against the "
+        "stock step of the same trainer class (`Trainer`, or TRL's `SFTTrainer` for the sft rows).",
+        "",
+        "| variant | ms per step | / stock | peak memory MB | / stock | training's peak above start MB | / stock |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in result["rows"].items():
+        lines.append(
+            f"| {name} | {1000 * row['step_s']:.1f} | {row['step_over_stock']:.3f} | {row['peak_mb']:.0f} | "
+            f"{row['peak_over_stock']:.3f} | {row['training_peak_mb']:.0f} | {row['training_peak_over_stock']:.3f} |"
+        )
     return [*lines, ""]
 
 
@@ -211,6 +247,10 @@ def result_section(result: dict[str, Any], path: Path, plots: bool = True) -> li
         body = overhead_section(result)
     elif kind == "scoring":
         body = scoring_section(result)
+    elif kind == "loader":
+        body = loader_section(result)
+    elif kind == "lm_step":
+        body = lm_step_section(result)
     elif kind == "prune":
         body = prune_section(result, path, plots)
     else:
