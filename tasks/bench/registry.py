@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from tasks.paths import SHARED_DATA
 
 KINDS = ("tta", "mmr", "early", "short", "prune")  # the grid benchmarks: recipe runs, one per variant and seed
-TOOLS = ("overhead", "scoring", "loader", "lm_step")  # the in-process micro-benchmarks
+TOOLS = ("overhead", "scoring", "loader", "lm_step")  # the micro-benchmarks: one result per device, no seeds
 
 
 @dataclass(frozen=True)
@@ -469,7 +469,7 @@ _CHUNKED = "_bf16_chunk32"
 ADAPTIVE_GRID = ("prune_margin_learned", "prune_loss_learned", "prune_loss_infobatch", "prune_margin",
                  "baseline_short_learned")  # fmt: skip
 # the learned rules, and fixed quotas with their shorter schedule (on this LM the learned rules find no sequence
-# learned, so their shorter schedule would be the baseline again); InfoBatch's rule is in LM_TODO, not yet run
+# learned, so their shorter schedule would be the baseline again); InfoBatch's rule has its own line, not yet run
 LM_GRID = ("prune_margin_learned", "prune_loss_learned", "prune_margin", "prune_random", "baseline_short")
 TEXT_ADAPTIVE_GRID = ("prune_margin_learned", "prune_loss_learned", "prune_loss_infobatch", "baseline_short_learned")
 FIXED_GRID = ("prune_margin", "prune_loss", "prune_random", "baseline_short")

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tasks.bench.registry import plotted
+from tasks.bench.registry import TOOLS, plotted
 from tasks.bench.results import load_results
 from tasks.paths import BENCHMARKS_MD, RESULTS, ROOT
 from tasks.plot import RunCurves, plot_runs
@@ -29,7 +29,6 @@ TITLES = {
     "loader": "The train loader alone",
     "lm_step": "A causal LM's step, stock against scored",
 }
-TOOL_KINDS = ("overhead", "scoring", "loader", "lm_step")  # one result per device, not per setting
 
 
 def _fmt(value: float | None, spec: str = ".1f") -> str:
@@ -48,7 +47,7 @@ def _header(result: dict[str, Any]) -> list[str]:
 
 def _title(result: dict[str, Any]) -> str:
     kind = result["benchmark"]
-    if kind in TOOL_KINDS:
+    if kind in TOOLS:  # one result per device, not per setting
         return f"#### {TITLES[kind]} on {result['device']}"
     return f"#### {TITLES[kind]}: {result['setting']} on {result['device']}"
 
